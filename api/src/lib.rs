@@ -1,0 +1,9 @@
+//! The Ebb control plane (`ebb server`): tonic services that own one
+//! scheduler core, feed it inputs with `now`, persist its plans and send the
+//! resulting actions to executors.
+//!
+//! The control plane itself is the subject of a later issue. What exists now
+//! is the one module where wire types become core types ([`convert`]), so
+//! that the scheduler never depends on protobuf (architecture invariant 3).
+
+pub mod convert;

@@ -1,0 +1,51 @@
+//! Builders shared by the scheduler's integration tests.
+#![allow(dead_code)]
+
+use ebb_scheduler::*;
+
+pub fn t(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+/// A host with `cpus` vCPUs and `mem_gib` GiB in pool `pool-a`, zone `zone`.
+pub fn host(id: &str, zone: &str, cpus: u64, mem_gib: u64) -> HostSpec {
+    HostSpec {
+        id: HostId::from(id),
+        pool: PoolId::from("pool-a"),
+        instance_type: "m5.2xlarge".into(),
+        zone: zone.into(),
+        region: "us-east-1".into(),
+        attributes: Default::default(),
+        capacity: Resources::cpu_mem(cpus * 1000, mem_gib * 1024),
+        gpu_model: None,
+    }
+}
+
+/// A job of `n` tasks of `cpu_millis` / `mem_mib` each.
+pub fn job(id: u64, team: &str, tier: Tier, n: u32, cpu_millis: u64, mem_mib: u64) -> JobSpec {
+    JobSpec {
+        id: JobId(id),
+        name: format!("job-{id}"),
+        team: TeamId::from(team),
+        tier,
+        priority: 0,
+        bid: None,
+        request: Resources::cpu_mem(cpu_millis, mem_mib),
+        n_tasks: n,
+        hard_constraints: vec![],
+        soft_constraints: vec![],
+        gang: false,
+        retry: RetryPolicy::default(),
+        disruption_budget: None,
+        checkpoint_interval: None,
+    }
+}
+
+pub fn task(job: u64, index: u32) -> TaskId {
+    TaskId::new(JobId(job), index)
+}
+
+/// Drains every queued action.
+pub fn drain(s: &mut Scheduler) -> Vec<Action> {
+    std::iter::from_fn(|| s.poll_action()).collect()
+}
