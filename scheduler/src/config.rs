@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::TeamId;
 use crate::job::Tier;
+use crate::market::MarketConfig;
 use crate::place::score::ScorerKind;
 use crate::resources::Resources;
 use crate::time::DurationMs;
@@ -120,6 +121,8 @@ pub struct SchedulerConfig {
     pub teams: BTreeMap<TeamId, TeamConfig>,
     /// Grace period between SIGTERM and SIGKILL when a user kills a task.
     pub kill_grace: DurationMs,
+    /// The internal market: catalog, floor price, victim policy.
+    pub market: MarketConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -131,6 +134,7 @@ impl Default for SchedulerConfig {
             teams: BTreeMap::new(),
             // 30 s, Kubernetes' default terminationGracePeriodSeconds.
             kill_grace: DurationMs::from_secs(30),
+            market: MarketConfig::default(),
         }
     }
 }

@@ -27,7 +27,10 @@ pub mod error;
 pub mod host;
 pub mod ids;
 pub mod job;
+pub mod ledger;
+pub mod market;
 pub mod place;
+pub mod preempt;
 pub(crate) mod queue;
 pub mod resources;
 pub mod round;
@@ -40,8 +43,13 @@ pub use error::InputError;
 pub use host::{HostSpec, HostState};
 pub use ids::{HostId, JobId, PoolId, TaskId, TeamId};
 pub use job::{BudgetLimit, Constraint, DisruptionBudget, JobSpec, Price, RetryPolicy, Tier};
+pub use ledger::{LedgerEntry, PoolTotals};
+pub use market::{
+    Catalog, HeadroomPolicy, Ie, InstanceType, MarketConfig, PoolSpec, PoolStatus, Reservation,
+};
 pub use place::reason::{PendingReasons, Reason, ReasonCount};
 pub use place::score::ScorerKind;
+pub use preempt::{PreemptCause, Preemption, VictimPolicy};
 pub use resources::{Dim, Resources};
 pub use round::{Assignment, Plan, RoundStats, Unplaced};
 pub use scheduler::{Action, CommitReport, JobCounts, Scheduler, TaskState, TaskView, Totals};

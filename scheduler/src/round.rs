@@ -9,11 +9,13 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{HostId, JobId, TaskId};
-use crate::job::{Constraint, Tier};
+use crate::ids::{HostId, JobId, PoolId, TaskId};
+use crate::job::{Constraint, Price, Tier};
+use crate::market::PoolIdx;
 use crate::place::index::HostIdx;
 use crate::place::reason::{PendingReasons, Reason};
 use crate::place::{Pipeline, SearchOutcome};
+use crate::preempt::{Preemption, RoundVictims, plan_critical, plan_reclaim};
 use crate::queue::{JobRank, TeamOrder, TeamRank};
 use crate::resources::Resources;
 use crate::state::{State, TeamIdx};
@@ -56,6 +58,8 @@ pub struct RoundStats {
     pub n_hosts_examined: u64,
     /// Jobs answered from the round's failed-shape cache without a host search.
     pub n_shape_cache_hits: u32,
+    /// Tasks chosen for preemption.
+    pub n_preempted: u32,
 }
 
 /// The outcome of [`crate::Scheduler::plan_round`]: nothing has changed yet.
@@ -69,6 +73,10 @@ pub struct Plan {
     pub assignments: Vec<Assignment>,
     /// Jobs with ready tasks left unplaced.
     pub unplaced: Vec<Unplaced>,
+    /// Flex tasks to stop: market reclaim first, then room for critical tasks.
+    pub preemptions: Vec<Preemption>,
+    /// The clearing price of every market-managed pool for this round.
+    pub prices: Vec<(PoolId, Price)>,
     /// Counters.
     pub stats: RoundStats,
 }
@@ -95,6 +103,7 @@ type ShapeKey = (Tier, Resources, Vec<Constraint>);
 pub(crate) struct Planner<'a> {
     state: &'a mut State,
     pipeline: &'a Pipeline,
+    now: Timestamp,
     assignments: Vec<Assignment>,
     unplaced: Vec<Unplaced>,
     stats: RoundStats,
@@ -102,10 +111,11 @@ pub(crate) struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    pub(crate) fn new(state: &'a mut State, pipeline: &'a Pipeline) -> Self {
+    pub(crate) fn new(state: &'a mut State, pipeline: &'a Pipeline, now: Timestamp) -> Self {
         Planner {
             state,
             pipeline,
+            now,
             assignments: Vec::new(),
             unplaced: Vec::new(),
             stats: RoundStats::default(),
@@ -113,21 +123,104 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Plans every tier, then undoes the tentative charges.
-    pub(crate) fn run(mut self, round: u64, now: Timestamp) -> Plan {
+    /// Plans reclaim, every tier's placements, room for critical tasks and
+    /// prices, then undoes every tentative change.
+    pub(crate) fn run(mut self, round: u64) -> Plan {
+        let now = self.now;
+        // 1. Market reclaim: leases over supply give hosts back. Reclaimed
+        //    hosts take no new flex work this round.
+        let mut victims = RoundVictims::default();
+        let mut preemptions = Vec::new();
+        for pool in 0..self.state.market.pools.len() as PoolIdx {
+            preemptions.extend(plan_reclaim(self.state, now, pool, &mut victims));
+        }
+        let mut marked: Vec<HostIdx> = Vec::new();
+        for p in &preemptions {
+            let host = &mut self.state.hosts[p.host_idx as usize];
+            if !host.reclaiming {
+                host.reclaiming = true;
+                marked.push(p.host_idx);
+            }
+        }
+        // 2. Placement, critical tier first.
         for tier in Tier::ALL {
             self.plan_tier(tier);
         }
-        for a in self.assignments.iter().rev() {
-            self.state.uncharge(a.task.job, a.host_idx);
+        // 3. Critical tasks that only lack room: preempt flex work for them.
+        for u in &self.unplaced {
+            let job = &self.state.jobs[&u.job];
+            if job.spec.tier == Tier::Critical && u.reasons.resolvable_by_preemption() {
+                preemptions.extend(plan_critical(
+                    self.state,
+                    self.pipeline,
+                    now,
+                    u.job,
+                    u.n_tasks,
+                    &mut victims,
+                ));
+            }
         }
+        // 4. Prices, from the bids that lost for lack of supply.
+        let prices = self.clearing_prices();
+        for a in self.assignments.iter().rev() {
+            self.state.uncharge(a.task.job, a.host_idx, now);
+        }
+        for h in marked {
+            self.state.hosts[h as usize].reclaiming = false;
+        }
+        self.stats.n_preempted = preemptions.len() as u32;
         Plan {
             round,
             now,
             assignments: self.assignments,
             unplaced: self.unplaced,
+            preemptions,
+            prices,
             stats: self.stats,
         }
+    }
+
+    /// Per managed pool: the floor, or the highest losing bid when the pool
+    /// is contended (a flex job lost for lack of supply and the pool cannot
+    /// lease another host). See [`crate::market`].
+    fn clearing_prices(&self) -> Vec<(PoolId, Price)> {
+        let market = &self.state.market;
+        let floor = market.config.floor_price;
+        let highest_losing_bid = self
+            .unplaced
+            .iter()
+            .filter(|u| {
+                u.reasons
+                    .counts
+                    .iter()
+                    .any(|c| c.reason == Reason::PoolSupply)
+            })
+            .map(|u| &self.state.jobs[&u.job].spec)
+            .filter(|spec| spec.tier == Tier::Flex)
+            .map(|spec| spec.bid.unwrap_or(Price::ZERO))
+            .max();
+        let mut prices = Vec::new();
+        for pool in &market.pools {
+            let Some(supply) = pool.supply else { continue };
+            let price = match highest_losing_bid {
+                Some(bid) => {
+                    let cheapest_new_lease = pool
+                        .hosts
+                        .iter()
+                        .map(|&h| &self.state.hosts[h as usize])
+                        .filter(|h| {
+                            h.n_flex_tasks == 0 && h.state == crate::host::HostState::Active
+                        })
+                        .map(|h| h.ie)
+                        .min();
+                    let contended = cheapest_new_lease.is_none_or(|ie| pool.leased + ie > supply);
+                    if contended { bid.max(floor) } else { floor }
+                }
+                None => floor,
+            };
+            prices.push((pool.id.clone(), price));
+        }
+        prices
     }
 
     fn team_rank(&self, team: TeamIdx, tier: Tier) -> TeamRank {
@@ -242,7 +335,7 @@ impl<'a> Planner<'a> {
                 self.stats.n_hosts_examined += u64::from(n_examined);
                 self.stats.n_placed += 1;
                 let host = self.state.hosts[host_idx as usize].spec.id.clone();
-                self.state.charge(task.job, host_idx);
+                self.state.charge(task.job, host_idx, self.now);
                 self.assignments.push(Assignment {
                     task,
                     host,
@@ -276,7 +369,7 @@ impl<'a> Planner<'a> {
             if let Err(reasons) = self.place_one(TaskId::new(job_id, index)) {
                 let n_placed = (self.assignments.len() - checkpoint) as u32;
                 for a in self.assignments.drain(checkpoint..).rev() {
-                    self.state.uncharge(a.task.job, a.host_idx);
+                    self.state.uncharge(a.task.job, a.host_idx, self.now);
                 }
                 self.stats.n_placed = placed_before;
                 let mut counts = vec![(Reason::GangIncomplete { n_placed, n_needed }, 0)];

@@ -9,11 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::SchedulerConfig;
 use crate::error::InputError;
 use crate::host::{HostSpec, HostState};
+use crate::ids::PoolId;
 use crate::ids::{HostId, JobId, TaskId, TeamId};
 use crate::job::{Constraint, JobSpec, Tier};
+use crate::ledger::{LedgerEntry, PoolTotals};
+use crate::market::{Catalog, Ie, PoolIdx, PoolSpec, PoolStatus, Reservation};
 use crate::place::Pipeline;
 use crate::place::index::HostIdx;
 use crate::place::reason::{PendingReasons, Reason};
+use crate::preempt::{PreemptCause, Preemption, lost_work, task_ie};
 use crate::queue::JobRank;
 use crate::resources::Resources;
 use crate::round::{Plan, Planner};
@@ -137,6 +141,8 @@ pub struct Totals {
 pub struct CommitReport {
     /// Assignments applied (a `Launch` action was queued for each).
     pub n_applied: u32,
+    /// Preemptions started (a `Stop` action was queued for each).
+    pub n_preempted: u32,
     /// Assignments refused because the state changed since planning, with the reason.
     pub rejected: Vec<(TaskId, String)>,
 }
@@ -161,13 +167,23 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler with no hosts and no jobs.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (an unknown reference instance type or
+    /// a bad catalog override); shells reading user configuration use
+    /// [`Scheduler::try_new`].
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler {
-            state: State::new(config),
+        Scheduler::try_new(config).expect("invalid scheduler configuration")
+    }
+
+    /// A scheduler with no hosts and no jobs, or the configuration's first error.
+    pub fn try_new(config: SchedulerConfig) -> Result<Self, InputError> {
+        Ok(Scheduler {
+            state: State::new(config)?,
             pipeline: Pipeline::default(),
             actions: VecDeque::new(),
             n_rounds: 0,
-        }
+        })
     }
 
     /// The configuration.
@@ -183,9 +199,14 @@ impl Scheduler {
         if self.state.host_by_id.contains_key(&spec.id) {
             return Err(InputError::DuplicateHost(spec.id));
         }
+        let pool = self.state.market.pool_idx(&spec.pool);
+        let ie = self.host_ie(&spec, pool)?;
         let host_idx = self.state.hosts.len() as HostIdx;
         let rank = self.state.next_rank();
         let zone = self.state.zone_idx(&spec.zone);
+        let p = &mut self.state.market.pools[pool as usize];
+        p.hosts.insert(host_idx);
+        p.n_hosts += 1;
         self.state.host_by_id.insert(spec.id.clone(), host_idx);
         self.state.hosts.push(Host {
             spec,
@@ -195,6 +216,9 @@ impl Scheduler {
             rank,
             zone,
             n_flex_tasks: 0,
+            ie,
+            pool,
+            reclaiming: false,
         });
         self.state.n_draining += 1;
         self.set_host_state(host_idx, HostState::Active);
@@ -204,7 +228,7 @@ impl Scheduler {
     /// A host's capacity, attributes or GPU model changed. Its pool and zone cannot change.
     pub fn handle_host_updated(
         &mut self,
-        _now: Timestamp,
+        now: Timestamp,
         spec: HostSpec,
     ) -> Result<(), InputError> {
         validate_host(&spec)?;
@@ -225,9 +249,21 @@ impl Scheduler {
         if let Some(dim) = host.allocated.first_shortfall(&spec.capacity) {
             return Err(InputError::CapacityBelowAllocation { host: spec.id, dim });
         }
+        let ie = self.host_ie(&spec, host.pool)?;
+        // Take every task off, swap the spec, put them back: the index, the
+        // market lease and the ledger holdings then follow the new capacity.
         let state = host.state;
+        let tasks = host.tasks.clone();
         self.set_host_state(host_idx, HostState::Draining);
-        self.state.hosts[host_idx as usize].spec = spec;
+        for t in &tasks {
+            self.state.uncharge(t.job, host_idx, now);
+        }
+        let host = &mut self.state.hosts[host_idx as usize];
+        host.spec = spec;
+        host.ie = ie;
+        for t in &tasks {
+            self.state.charge(t.job, host_idx, now);
+        }
         self.set_host_state(host_idx, state);
         Ok(())
     }
@@ -263,7 +299,7 @@ impl Scheduler {
         let mut requeued = Vec::new();
         for task in tasks {
             let phase = self.state.task(task).expect("hosted task exists").phase;
-            self.release(task);
+            self.release(task, now);
             match phase {
                 Phase::Stopping(_, StopCause::Kill) => self.set_phase(task, Phase::Killed),
                 Phase::Stopping(_, StopCause::Preempt) => {
@@ -279,6 +315,11 @@ impl Scheduler {
         }
         self.set_host_state(host_idx, HostState::Lost);
         self.state.host_by_id.remove(id);
+        let host = &mut self.state.hosts[host_idx as usize];
+        host.reclaiming = false;
+        let pool = &mut self.state.market.pools[host.pool as usize];
+        pool.hosts.remove(&host_idx);
+        pool.n_hosts -= 1;
         Ok(requeued)
     }
 
@@ -352,6 +393,7 @@ impl Scheduler {
             tracks_placement,
             pending_reasons: None,
             n_live: n,
+            preempted_at: Vec::new(),
         };
         self.state.jobs.insert(rank.job, job);
         self.state.queue.insert_job(tier, team, rank);
@@ -408,14 +450,10 @@ impl Scheduler {
     }
 
     /// The task exited successfully.
-    pub fn handle_task_finished(
-        &mut self,
-        _now: Timestamp,
-        task: TaskId,
-    ) -> Result<(), InputError> {
+    pub fn handle_task_finished(&mut self, now: Timestamp, task: TaskId) -> Result<(), InputError> {
         match self.phase(task)? {
             Phase::Assigned(_) | Phase::Running(_) | Phase::Stopping(..) => {
-                self.release(task);
+                self.release(task, now);
                 self.set_phase(task, Phase::Completed);
                 Ok(())
             }
@@ -428,7 +466,7 @@ impl Scheduler {
     pub fn handle_task_failed(&mut self, now: Timestamp, task: TaskId) -> Result<(), InputError> {
         match self.phase(task)? {
             Phase::Assigned(_) | Phase::Running(_) => {
-                self.release(task);
+                self.release(task, now);
                 let retry = self.state.jobs[&task.job].spec.retry.clone();
                 let t = self.task_mut(task);
                 t.n_failures += 1;
@@ -451,18 +489,254 @@ impl Scheduler {
     pub fn handle_task_stopped(&mut self, now: Timestamp, task: TaskId) -> Result<(), InputError> {
         match self.phase(task)? {
             Phase::Stopping(_, StopCause::Kill) => {
-                self.release(task);
+                self.release(task, now);
                 self.set_phase(task, Phase::Killed);
                 Ok(())
             }
             Phase::Stopping(_, StopCause::Preempt) => {
-                self.release(task);
+                self.release(task, now);
                 self.task_mut(task).n_preemptions += 1;
                 self.requeue(task, now);
                 Ok(())
             }
             phase => Err(wrong_state(task, phase, "stopped")),
         }
+    }
+
+    // ----------------------------------------------------------------- market
+
+    /// Configures (or reconfigures) a market-managed pool. From now on flex
+    /// work may lease its hosts only within its supply.
+    pub fn handle_pool_configured(
+        &mut self,
+        now: Timestamp,
+        spec: PoolSpec,
+    ) -> Result<(), InputError> {
+        if spec.id.as_str().trim().is_empty() {
+            return Err(InputError::field("pool.id", "must not be empty"));
+        }
+        if spec.region.trim().is_empty() {
+            return Err(InputError::field("pool.region", "must not be empty"));
+        }
+        let h = &spec.headroom;
+        if !(h.daily_scaling_fraction.is_finite() && h.daily_scaling_fraction >= 0.0) {
+            return Err(InputError::field(
+                "pool.headroom.daily_scaling_fraction",
+                "must be a finite, non-negative fraction",
+            ));
+        }
+        if !(h.failover_multiplier.is_finite() && h.failover_multiplier >= 0.0) {
+            return Err(InputError::field(
+                "pool.headroom.failover_multiplier",
+                "must be a finite, non-negative number",
+            ));
+        }
+        let market = &self.state.market;
+        if let Some(&idx) = market.pool_by_id.get(&spec.id) {
+            let unknown = market.pools[idx as usize]
+                .hosts
+                .iter()
+                .map(|&h| &self.state.hosts[h as usize].spec)
+                .find(|h| market.catalog.get(&h.instance_type).is_none());
+            if let Some(host) = unknown {
+                return Err(InputError::field(
+                    "pool.id",
+                    format!(
+                        "host {} in this pool has unknown instance type `{}`",
+                        host.id, host.instance_type
+                    ),
+                ));
+            }
+        }
+        self.accrue_market(now);
+        let idx = self.state.market.pool_idx(&spec.id);
+        self.state.market.pools[idx as usize].spec = Some(spec);
+        self.state.market.recompute();
+        Ok(())
+    }
+
+    /// Replaces a configured pool's reservations.
+    pub fn handle_reservations(
+        &mut self,
+        now: Timestamp,
+        pool: &PoolId,
+        reservations: Vec<Reservation>,
+    ) -> Result<(), InputError> {
+        let idx = self.configured_pool(pool)?;
+        let mut reserved = Ie::ZERO;
+        for r in &reservations {
+            let ie = self
+                .state
+                .market
+                .catalog
+                .ie_of(&r.instance_type)
+                .map_err(|_| {
+                    InputError::field(
+                        "reservations.instance_type",
+                        format!("unknown instance type `{}`", r.instance_type),
+                    )
+                })?;
+            reserved += Ie::from_micro(ie.as_micro().saturating_mul(u64::from(r.count)));
+        }
+        self.accrue_market(now);
+        let p = &mut self.state.market.pools[idx as usize];
+        p.reservations = reservations;
+        p.reserved = reserved;
+        self.state.market.recompute();
+        Ok(())
+    }
+
+    /// The IE that streaming services use in a pool now.
+    pub fn handle_streaming_demand(
+        &mut self,
+        now: Timestamp,
+        pool: &PoolId,
+        demand: Ie,
+    ) -> Result<(), InputError> {
+        let idx = self.configured_pool(pool)?;
+        self.accrue_market(now);
+        self.state.market.pools[idx as usize].streaming = demand;
+        self.state.market.recompute();
+        Ok(())
+    }
+
+    /// A region's traffic was failed over to the other regions (`active`), or
+    /// came back. While any region is failed over, reclaim is an emergency.
+    pub fn handle_failover(
+        &mut self,
+        now: Timestamp,
+        region: &str,
+        active: bool,
+    ) -> Result<(), InputError> {
+        let known = self
+            .state
+            .market
+            .pools
+            .iter()
+            .any(|p| p.spec.as_ref().is_some_and(|s| s.region == region));
+        if !known {
+            return Err(InputError::field(
+                "region",
+                format!("no configured pool is in region `{region}`"),
+            ));
+        }
+        self.accrue_market(now);
+        if active {
+            self.state.market.failed_over.insert(region.to_owned());
+        } else {
+            self.state.market.failed_over.remove(region);
+        }
+        self.state.market.recompute();
+        Ok(())
+    }
+
+    /// Every known pool's market figures, in pool id order.
+    pub fn pools(&self) -> Vec<PoolStatus> {
+        let market = &self.state.market;
+        let mut out: Vec<PoolStatus> = (0..market.pools.len() as PoolIdx)
+            .map(|p| market.status(p))
+            .collect();
+        out.sort_by(|a, b| a.pool.cmp(&b.pool));
+        out
+    }
+
+    /// One pool's market figures.
+    pub fn pool(&self, id: &PoolId) -> Option<PoolStatus> {
+        self.state
+            .market
+            .pool_by_id
+            .get(id)
+            .map(|&p| self.state.market.status(p))
+    }
+
+    /// Per team and pool accounts, accrued up to `now`.
+    pub fn ledger(&self, now: Timestamp) -> Vec<LedgerEntry> {
+        let market = &self.state.market;
+        market.ledger.entries(
+            now,
+            |t| self.state.teams[t as usize].id.clone(),
+            |p| {
+                (
+                    market.pools[p as usize].id.clone(),
+                    market.pools[p as usize].clearing_price,
+                )
+            },
+        )
+    }
+
+    /// Per pool capacity integrated over time, accrued up to `now`.
+    pub fn pool_totals(&self, now: Timestamp) -> Vec<PoolTotals> {
+        let market = &self.state.market;
+        let mut out: Vec<PoolTotals> = (0..market.pools.len() as PoolIdx)
+            .map(|p| {
+                market.ledger.pool_totals(
+                    now,
+                    p,
+                    market.pools[p as usize].id.clone(),
+                    market.snapshot(p),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.pool.cmp(&b.pool));
+        out
+    }
+
+    /// The instance type catalog in use.
+    pub fn catalog(&self) -> &Catalog {
+        &self.state.market.catalog
+    }
+
+    fn configured_pool(&self, pool: &PoolId) -> Result<PoolIdx, InputError> {
+        match self.state.market.pool_by_id.get(pool) {
+            Some(&idx) if self.state.market.pools[idx as usize].spec.is_some() => Ok(idx),
+            _ => Err(InputError::field(
+                "pool",
+                format!("unknown pool `{pool}`; configure it first"),
+            )),
+        }
+    }
+
+    /// Accrues every pool's capacity figures up to `now` before a market input changes them.
+    fn accrue_market(&mut self, now: Timestamp) {
+        let market = &mut self.state.market;
+        for p in 0..market.pools.len() as PoolIdx {
+            let snapshot = market.snapshot(p);
+            market.ledger.accrue_pool(now, p, snapshot);
+        }
+    }
+
+    /// Starts a planned preemption if the victim is still running; records it.
+    fn apply_preemption(&mut self, p: &Preemption, now: Timestamp) -> bool {
+        let Some(job) = self.state.job(p.task.job) else {
+            return false;
+        };
+        let Some(task) = job.tasks.get(p.task.index as usize) else {
+            return false;
+        };
+        let on_host =
+            matches!(task.phase, Phase::Assigned(h) | Phase::Running(h) if h == p.host_idx);
+        if !on_host {
+            return false;
+        }
+        let host = &self.state.hosts[p.host_idx as usize];
+        let held = task_ie(host.ie, &job.spec.request, &host.spec.capacity);
+        let lost_ms = lost_work(job, task.started_at, now).as_millis();
+        let (team, pool) = (job.team, host.pool);
+        self.state
+            .market
+            .ledger
+            .preempted(team, pool, held, lost_ms, p.over_budget);
+        if let PreemptCause::Reclaim { .. } = p.cause {
+            self.state.hosts[p.host_idx as usize].reclaiming = true;
+        }
+        let job = self.state.jobs.get_mut(&p.task.job).expect("checked above");
+        if let Some(budget) = &job.spec.disruption_budget {
+            let horizon = now.as_millis().saturating_sub(budget.window.as_millis());
+            job.preempted_at.retain(|t| t.as_millis() > horizon);
+            job.preempted_at.push(now);
+        }
+        self.begin_stop(p.task, StopCause::Preempt, p.grace);
+        true
     }
 
     // ----------------------------------------------------------------- rounds
@@ -475,7 +749,7 @@ impl Scheduler {
         self.n_rounds += 1;
         let span =
             tracing::debug_span!("round", round = self.n_rounds, now = now.as_millis()).entered();
-        let plan = Planner::new(&mut self.state, &self.pipeline).run(self.n_rounds, now);
+        let plan = Planner::new(&mut self.state, &self.pipeline, now).run(self.n_rounds);
         tracing::debug!(
             parent: &span,
             n_placed = plan.stats.n_placed,
@@ -493,6 +767,12 @@ impl Scheduler {
     /// Unplaced jobs record their pending reasons. Queues `Launch` actions.
     pub fn commit(&mut self, plan: Plan) -> CommitReport {
         let mut report = CommitReport::default();
+        // Preemptions first: a reclaimed host must not take the plan's new flex work.
+        for p in &plan.preemptions {
+            if self.apply_preemption(p, plan.now) {
+                report.n_preempted += 1;
+            }
+        }
         let mut i = 0;
         while i < plan.assignments.len() {
             // A run of assignments of one gang job commits as a unit.
@@ -545,6 +825,16 @@ impl Scheduler {
         for u in &plan.unplaced {
             if let Some(job) = self.state.jobs.get_mut(&u.job) {
                 job.pending_reasons = Some(u.reasons.clone());
+            }
+        }
+        for (pool, price) in &plan.prices {
+            if let Some(&idx) = self.state.market.pool_by_id.get(pool) {
+                let market = &mut self.state.market;
+                let old = market.pools[idx as usize].clearing_price;
+                if old != *price {
+                    market.ledger.accrue_pool_accounts(plan.now, idx, old);
+                    market.pools[idx as usize].clearing_price = *price;
+                }
             }
         }
         report
@@ -688,6 +978,16 @@ impl Scheduler {
 
     // -------------------------------------------------------------- internals
 
+    /// A host's IE from the catalog. An unknown instance type is an error in
+    /// a market-managed pool and counts as zero elsewhere.
+    fn host_ie(&self, spec: &HostSpec, pool: PoolIdx) -> Result<Ie, InputError> {
+        match self.state.market.catalog.ie_of(&spec.instance_type) {
+            Ok(ie) => Ok(ie),
+            Err(e) if self.state.market.pools[pool as usize].spec.is_some() => Err(e),
+            Err(_) => Ok(Ie::ZERO),
+        }
+    }
+
     fn host_idx(&self, id: &HostId) -> Result<HostIdx, InputError> {
         self.state
             .host_by_id
@@ -771,13 +1071,13 @@ impl Scheduler {
     }
 
     /// Frees a placed task's resources on its host.
-    fn release(&mut self, task: TaskId) {
+    fn release(&mut self, task: TaskId, now: Timestamp) {
         let host_idx = self
             .state
             .task(task)
             .and_then(|t| t.phase.host())
             .expect("released task is placed");
-        self.state.uncharge(task.job, host_idx);
+        self.state.uncharge(task.job, host_idx, now);
         let tasks = &mut self.state.hosts[host_idx as usize].tasks;
         let pos = tasks
             .iter()
@@ -827,7 +1127,7 @@ impl Scheduler {
 
     fn assign(&mut self, task: TaskId, host_idx: HostIdx, now: Timestamp) {
         self.unready(task);
-        self.state.charge(task.job, host_idx);
+        self.state.charge(task.job, host_idx, now);
         self.state.hosts[host_idx as usize].tasks.push(task);
         self.set_phase(task, Phase::Assigned(host_idx));
         self.task_mut(task).started_at = Some(now);
@@ -842,7 +1142,7 @@ impl Scheduler {
 
     /// Reverses [`Scheduler::assign`] (a gang member's commit was refused).
     fn unassign(&mut self, task: TaskId, now: Timestamp) {
-        self.release(task);
+        self.release(task, now);
         self.task_mut(task).started_at = None;
         self.requeue(task, now);
         let launch_pos = self

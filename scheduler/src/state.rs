@@ -9,11 +9,14 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::config::{SchedulerConfig, TeamConfig, TieBreak};
+use crate::error::InputError;
 use crate::host::{HostSpec, HostState};
 use crate::ids::{HostId, JobId, TaskId, TeamId};
 use crate::job::{Constraint, JobSpec, Tier};
+use crate::market::{Ie, Market, PoolIdx};
 use crate::place::index::{HostIdx, HostIndex};
 use crate::place::reason::PendingReasons;
+use crate::preempt::task_ie;
 use crate::queue::JobQueue;
 use crate::resources::Resources;
 use crate::time::Timestamp;
@@ -35,6 +38,12 @@ pub struct Host {
     pub(crate) zone: ZoneIdx,
     /// Tasks of the flex tier on this host (the market leases hosts that carry flex work).
     pub(crate) n_flex_tasks: u32,
+    /// The host's size in instance equivalents (zero if its type is unknown
+    /// and its pool is not market-managed).
+    pub(crate) ie: Ie,
+    pub(crate) pool: PoolIdx,
+    /// Reclaim is emptying this host of flex work: no new flex tasks go here.
+    pub(crate) reclaiming: bool,
 }
 
 impl Host {
@@ -66,6 +75,16 @@ impl Host {
     /// Number of flex-tier tasks on this host.
     pub fn n_flex_tasks(&self) -> u32 {
         self.n_flex_tasks
+    }
+
+    /// The host's size in instance equivalents.
+    pub fn ie(&self) -> Ie {
+        self.ie
+    }
+
+    /// True while the market is taking this host back from batch work.
+    pub fn is_reclaiming(&self) -> bool {
+        self.reclaiming
     }
 
     pub(crate) fn has_gpus(&self) -> bool {
@@ -152,6 +171,9 @@ pub(crate) struct Job {
     pub(crate) pending_reasons: Option<Arc<PendingReasons>>,
     /// Tasks not yet completed, failed or killed.
     pub(crate) n_live: u32,
+    /// When this job's tasks were preempted (for the disruption budget),
+    /// pruned to the budget window.
+    pub(crate) preempted_at: Vec<Timestamp>,
 }
 
 /// A team's fair-share state.
@@ -185,11 +207,13 @@ pub(crate) struct State {
     pub(crate) allocated: Resources,
     pub(crate) n_draining: u32,
     pub(crate) n_hosts_added: u64,
+    pub(crate) market: Market,
 }
 
 impl State {
-    pub(crate) fn new(config: SchedulerConfig) -> Self {
-        State {
+    pub(crate) fn new(config: SchedulerConfig) -> Result<Self, InputError> {
+        let market = Market::new(config.market.clone())?;
+        Ok(State {
             config,
             hosts: Vec::new(),
             host_by_id: FxHashMap::default(),
@@ -205,7 +229,8 @@ impl State {
             allocated: Resources::default(),
             n_draining: 0,
             n_hosts_added: 0,
-        }
+            market,
+        })
     }
 
     /// The team's index, creating the team with its configured (or default) policy.
@@ -254,17 +279,20 @@ impl State {
     /// host allocation and index position, cluster and team totals,
     /// per-job placement counts and unique-host groups.
     ///
+    /// For flex tasks also the market's lease of the host and the ledger's
+    /// holding; `now` dates the ledger change.
+    ///
     /// The caller has checked feasibility; an overflow here is a bug, so it panics.
-    pub(crate) fn charge(&mut self, job_id: JobId, host_idx: HostIdx) {
-        self.apply(job_id, host_idx, true);
+    pub(crate) fn charge(&mut self, job_id: JobId, host_idx: HostIdx, now: Timestamp) {
+        self.apply(job_id, host_idx, true, now);
     }
 
     /// Exactly reverses [`State::charge`].
-    pub(crate) fn uncharge(&mut self, job_id: JobId, host_idx: HostIdx) {
-        self.apply(job_id, host_idx, false);
+    pub(crate) fn uncharge(&mut self, job_id: JobId, host_idx: HostIdx, now: Timestamp) {
+        self.apply(job_id, host_idx, false, now);
     }
 
-    fn apply(&mut self, job_id: JobId, host_idx: HostIdx, add: bool) {
+    fn apply(&mut self, job_id: JobId, host_idx: HostIdx, add: bool, now: Timestamp) {
         let job = self.jobs.get_mut(&job_id).expect("charged job exists");
         let request = &job.spec.request;
         let tier = job.spec.tier;
@@ -293,11 +321,24 @@ impl State {
                 .expect("released more than team holds");
         }
         if tier == Tier::Flex {
+            let was_leased = host.n_flex_tasks > 0;
             if add {
                 host.n_flex_tasks += 1;
             } else {
                 host.n_flex_tasks -= 1;
             }
+            let is_leased = host.n_flex_tasks > 0;
+            if !is_leased {
+                host.reclaiming = false;
+            }
+            if was_leased != is_leased {
+                self.market.set_leased(now, host.pool, host.ie, is_leased);
+            }
+            let held = task_ie(host.ie, request, &host.spec.capacity);
+            let price = self.market.pools[host.pool as usize].clearing_price;
+            self.market
+                .ledger
+                .hold(now, job.team, host.pool, price, held, add);
         }
         if indexed {
             let new_free = host.free();

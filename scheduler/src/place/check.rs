@@ -15,6 +15,11 @@ pub(crate) trait FeasibilityChecker: Debug + Send + Sync {
     /// `Ok` if a task of `job` may run on `host`, otherwise the reason it may not.
     fn check(&self, state: &State, job: &Job, host_idx: HostIdx, host: &Host)
     -> Result<(), Reason>;
+    /// True for checks about room (resources, market supply) that preemption
+    /// can change, as opposed to placement constraints it cannot.
+    fn is_capacity_check(&self) -> bool {
+        false
+    }
 }
 
 /// The host accepts new work (it is not draining or lost).
@@ -36,6 +41,9 @@ impl FeasibilityChecker for HostStateChecker {
 pub(crate) struct ResourceFitChecker;
 
 impl FeasibilityChecker for ResourceFitChecker {
+    fn is_capacity_check(&self) -> bool {
+        true
+    }
     fn check(&self, _: &State, job: &Job, _: HostIdx, host: &Host) -> Result<(), Reason> {
         match host
             .allocated
@@ -61,10 +69,9 @@ impl FeasibilityChecker for AttributeChecker {
     ) -> Result<(), Reason> {
         for c in &job.spec.hard_constraints {
             if let Constraint::AttributeEquals { key, .. } | Constraint::AttributeIn { key, .. } = c
+                && !satisfies(state, job, host_idx, host, c)
             {
-                if !satisfies(state, job, host_idx, host, c) {
-                    return Err(Reason::AttributeMismatch(key.as_str().into()));
-                }
+                return Err(Reason::AttributeMismatch(key.as_str().into()));
             }
         }
         Ok(())

@@ -17,6 +17,7 @@ pub mod reason;
 pub mod score;
 
 use crate::config::{SearchOrder, TierPolicy};
+use crate::market::PoolSupplyChecker;
 use crate::place::check::{
     AttributeChecker, FeasibilityChecker, GpuModelChecker, HostStateChecker, ResourceFitChecker,
     UniqueHostChecker, ZoneBalanceChecker,
@@ -47,8 +48,10 @@ impl Default for Pipeline {
                 Box::new(AttributeChecker),
                 // Needs the job's per-host counts.
                 Box::new(UniqueHostChecker),
-                // Needs a scan over zones: last.
+                // Needs a scan over zones.
                 Box::new(ZoneBalanceChecker),
+                // Market: flex work leases a new host only within its pool's supply.
+                Box::new(PoolSupplyChecker),
             ],
         }
     }
@@ -76,6 +79,21 @@ impl Pipeline {
         let host = &state.hosts[host_idx as usize];
         self.checkers
             .iter()
+            .try_for_each(|c| c.check(state, job, host_idx, host))
+    }
+
+    /// Runs only the placement constraints (not resource fit or supply):
+    /// "could this host take the task if room were made?", for preemption.
+    pub(crate) fn check_placement_constraints(
+        &self,
+        state: &State,
+        job: &Job,
+        host_idx: HostIdx,
+    ) -> Result<(), Reason> {
+        let host = &state.hosts[host_idx as usize];
+        self.checkers
+            .iter()
+            .filter(|c| !c.is_capacity_check())
             .try_for_each(|c| c.check(state, job, host_idx, host))
     }
 
