@@ -378,7 +378,8 @@ impl Market {
 }
 
 /// Flex work may lease an unleased host only within the pool's supply, and
-/// never goes to a host that reclaim is emptying. Critical work is unaffected.
+/// never goes to a host that reclaim is emptying, nor into a pool that is
+/// over supply. Critical work is unaffected.
 #[derive(Debug)]
 pub(crate) struct PoolSupplyChecker;
 
@@ -393,13 +394,19 @@ impl FeasibilityChecker for PoolSupplyChecker {
         if host.reclaiming {
             return Err(Reason::PoolSupply);
         }
-        if host.n_flex_tasks > 0 {
-            return Ok(()); // already leased: no new supply needed
-        }
         let pool = &state.market.pools[host.pool as usize];
-        match pool.supply {
-            Some(supply) if pool.leased + host.ie > supply => Err(Reason::PoolSupply),
-            _ => Ok(()),
+        let Some(supply) = pool.supply else {
+            return Ok(());
+        };
+        // Over supply, reclaim is under way: more flex work anywhere in the
+        // pool would only eat further into headroom and be preempted.
+        let over_supply = pool.leased > supply;
+        // An unleased host needs supply for its whole IE.
+        let needs_lease = host.n_flex_tasks == 0 && pool.leased + host.ie > supply;
+        if over_supply || needs_lease {
+            Err(Reason::PoolSupply)
+        } else {
+            Ok(())
         }
     }
 }

@@ -1,0 +1,415 @@
+//! The internal market through the public API: supply limits leases,
+//! reclaim frees whole hosts cheapest first within budgets, failovers are
+//! emergencies, critical work preempts flex work, prices clear second-price,
+//! and the ledger adds up.
+
+mod common;
+
+use common::*;
+use ebb_scheduler::*;
+
+const HOUR: u64 = 3_600_000;
+
+/// Pool `use1a` (us-east-1) with 10 reserved m5.16xlarge (10 IE) and six
+/// m5.16xlarge executor hosts (1 IE, 64 vCPU each); pool `usw2a`
+/// (us-west-2) with 10 IE reserved and no hosts or demand. Streaming in
+/// use1a: 5 IE, so supply = 10 − 5 − 0.5 (10% daily headroom) = 4.5 IE.
+fn market(config: SchedulerConfig) -> Scheduler {
+    let mut s = Scheduler::new(config);
+    for (pool, region) in [("use1a", "us-east-1"), ("usw2a", "us-west-2")] {
+        let spec = PoolSpec {
+            id: PoolId::from(pool),
+            region: region.into(),
+            headroom: HeadroomPolicy::default(),
+        };
+        s.handle_pool_configured(t(0), spec).unwrap();
+        let reservations = vec![Reservation {
+            instance_type: "m5.16xlarge".into(),
+            count: 10,
+        }];
+        s.handle_reservations(t(0), &PoolId::from(pool), reservations)
+            .unwrap();
+    }
+    for i in 0..6 {
+        let mut h = host(&format!("h{i}"), "us-east-1a", 64, 256);
+        h.pool = PoolId::from("use1a");
+        h.instance_type = "m5.16xlarge".into();
+        s.handle_host_added(t(0), h).unwrap();
+    }
+    s.handle_streaming_demand(t(0), &PoolId::from("use1a"), Ie::from_whole(5))
+        .unwrap();
+    s
+}
+
+/// A flex job whose tasks each take a whole m5.16xlarge.
+fn whole_host_job(id: u64, team: &str, n: u32, bid: f64) -> JobSpec {
+    let mut j = job(id, team, Tier::Flex, n, 64_000, 1024);
+    j.bid = Price::new(bid);
+    j
+}
+
+fn pool(s: &Scheduler, id: &str) -> PoolStatus {
+    s.pool(&PoolId::from(id)).unwrap()
+}
+
+#[test]
+fn supply_is_reserved_minus_streaming_minus_headroom_and_limits_leases() {
+    let mut s = market(SchedulerConfig::default());
+    let p = pool(&s, "use1a");
+    assert_eq!(
+        (p.reserved, p.streaming),
+        (Ie::from_whole(10), Ie::from_whole(5))
+    );
+    assert_eq!(
+        p.headroom,
+        Ie::from_f64(0.5),
+        "10% daily scaling; us-west-2 has no demand to fail over"
+    );
+    assert_eq!(p.supply, Ie::from_f64(4.5));
+
+    s.handle_job_submitted(t(0), whole_host_job(1, "enc", 6, 1.0))
+        .unwrap();
+    let (plan, _) = s.run_round(t(1));
+    assert_eq!(plan.assignments.len(), 4, "4 hosts fit in 4.5 IE of supply");
+    let p = pool(&s, "use1a");
+    assert_eq!(
+        (p.leased, p.idle, p.n_leased_hosts),
+        (Ie::from_whole(4), Ie::from_f64(0.5), 4)
+    );
+    let reasons = s.task(task(1, 5)).unwrap().pending_reasons.unwrap();
+    assert_eq!(
+        reasons.to_string(),
+        "insufficient cpu on 4 hosts, pool supply exhausted on 2 hosts"
+    );
+    assert!(reasons.resolvable_by_preemption());
+}
+
+#[test]
+fn critical_work_ignores_supply() {
+    let mut s = market(SchedulerConfig::default());
+    s.handle_streaming_demand(t(0), &PoolId::from("use1a"), Ie::from_whole(10))
+        .unwrap();
+    assert_eq!(pool(&s, "use1a").supply, Ie::ZERO);
+    s.handle_job_submitted(t(0), whole_host_job(1, "enc", 1, 1.0))
+        .unwrap();
+    s.handle_job_submitted(t(0), job(2, "streaming", Tier::Critical, 1, 64_000, 1024))
+        .unwrap();
+    let (plan, _) = s.run_round(t(1));
+    let placed: Vec<u64> = plan.assignments.iter().map(|a| a.task.job.0).collect();
+    assert_eq!(placed, vec![2]);
+}
+
+#[test]
+fn reclaim_frees_whole_hosts_cheapest_bids_first_and_requeues_victims() {
+    let mut s = market(SchedulerConfig::default());
+    s.handle_job_submitted(t(0), whole_host_job(1, "enc", 2, 1.0))
+        .unwrap();
+    s.handle_job_submitted(t(0), whole_host_job(2, "enc", 2, 2.0))
+        .unwrap();
+    s.run_round(t(1));
+    drain(&mut s);
+    assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(4));
+
+    // Evening ramp: supply falls to 10 − 7 − 0.7 = 2.3 IE; two hosts must go.
+    s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_whole(7))
+        .unwrap();
+    let (plan, report) = s.run_round(t(HOUR));
+    let victims: Vec<TaskId> = plan.preemptions.iter().map(|p| p.task).collect();
+    assert_eq!(
+        victims,
+        vec![task(1, 0), task(1, 1)],
+        "the lower bid goes first"
+    );
+    assert!(
+        plan.preemptions
+            .iter()
+            .all(|p| !p.emergency && !p.over_budget)
+    );
+    assert_eq!(report.n_preempted, 2);
+    let stops = drain(&mut s);
+    assert!(stops.iter().all(|a| matches!(a, Action::Stop { cause: StopCause::Preempt, grace, .. } if *grace == DurationMs::from_secs(30))));
+
+    // Still leased while stopping, but not reclaimed twice.
+    assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(4));
+    assert!(s.run_round(t(HOUR + 1)).0.preemptions.is_empty());
+
+    for v in &victims {
+        s.handle_task_stopped(t(HOUR + 20_000), *v).unwrap();
+    }
+    assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(2));
+    let v = s.task(task(1, 0)).unwrap();
+    assert_eq!(
+        (v.state, v.n_preemptions, v.n_failures),
+        (TaskState::Pending, 1, 0)
+    );
+    // The ledger records the work lost: 1 IE each for the hour since start.
+    let ledger = s.ledger(t(HOUR + 20_000));
+    let enc = ledger.iter().find(|e| e.team.as_str() == "enc").unwrap();
+    assert_eq!(enc.n_preemptions, 2);
+    assert!(
+        (enc.lost_ie_hours - 2.0 * (HOUR - 1) as f64 / HOUR as f64).abs() < 1e-6,
+        "{enc:?}"
+    );
+}
+
+#[test]
+fn budgets_hold_in_ordinary_reclaim_and_failover_exceeds_them_on_record() {
+    let mut s = market(SchedulerConfig::default());
+    let mut j = whole_host_job(1, "enc", 4, 1.0);
+    j.disruption_budget = Some(DisruptionBudget {
+        limit: BudgetLimit::MaxTasks(1),
+        window: DurationMs::from_mins(60),
+    });
+    s.handle_job_submitted(t(0), j).unwrap();
+    s.run_round(t(1));
+    s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_whole(7))
+        .unwrap();
+    let (plan, _) = s.run_round(t(HOUR));
+    assert_eq!(
+        plan.preemptions.len(),
+        1,
+        "the budget allows one preemption per hour"
+    );
+    assert!(!plan.preemptions[0].over_budget);
+    let p = pool(&s, "use1a");
+    assert!(
+        p.leased > p.supply,
+        "the rest of the deficit eats headroom, not streaming capacity"
+    );
+
+    s.handle_failover(t(HOUR + 1), "us-west-2", true).unwrap();
+    let (plan, _) = s.run_round(t(HOUR + 1));
+    assert_eq!(plan.preemptions.len(), 1);
+    assert!(plan.preemptions[0].emergency && plan.preemptions[0].over_budget);
+    let enc = s
+        .ledger(t(HOUR + 1))
+        .into_iter()
+        .find(|e| e.team.as_str() == "enc")
+        .unwrap();
+    assert_eq!((enc.n_preemptions, enc.n_over_budget), (2, 1));
+}
+
+#[test]
+fn failover_moves_demand_and_uses_the_buffer() {
+    let mut s = market(SchedulerConfig::default());
+    s.handle_streaming_demand(t(0), &PoolId::from("usw2a"), Ie::from_whole(4))
+        .unwrap();
+    // us-east-1 keeps us-west-2's demand / (2 − 1) = 4 IE as failover buffer.
+    let p = pool(&s, "use1a");
+    assert_eq!(p.headroom, Ie::from_f64(0.5 + 4.0));
+    assert_eq!(p.supply, Ie::from_f64(0.5));
+    s.handle_failover(t(1), "us-west-2", true).unwrap();
+    let p = pool(&s, "use1a");
+    assert_eq!(
+        p.streaming,
+        Ie::from_whole(9),
+        "us-west-2's 4 IE now served here"
+    );
+    assert_eq!(
+        p.headroom,
+        Ie::from_f64(0.9),
+        "the failover buffer is in use"
+    );
+    assert_eq!(p.supply, Ie::from_f64(0.1));
+    s.handle_failover(t(2), "us-west-2", false).unwrap();
+    assert_eq!(pool(&s, "use1a").supply, Ie::from_f64(0.5));
+    assert!(s.handle_failover(t(3), "eu-west-1", true).is_err());
+}
+
+#[test]
+fn critical_tasks_preempt_the_cheapest_flex_work_and_never_each_other() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    s.handle_host_added(t(0), host("h1", "a", 4, 16)).unwrap();
+    s.handle_host_added(t(0), host("h2", "a", 4, 16)).unwrap();
+    let mut cheap = job(1, "enc", Tier::Flex, 4, 1000, 1024);
+    cheap.priority = 1;
+    let mut dear = job(2, "ml", Tier::Flex, 3, 1000, 1024);
+    dear.priority = 9;
+    s.handle_job_submitted(t(0), cheap).unwrap();
+    s.handle_job_submitted(t(0), dear).unwrap();
+    s.handle_job_submitted(t(0), job(3, "streaming", Tier::Critical, 1, 1000, 1024))
+        .unwrap();
+    s.run_round(t(0));
+    drain(&mut s);
+    // Full: 4 + 3 flex + 1 critical on 8 CPUs. A second critical job needs 2 CPUs.
+    s.handle_job_submitted(t(1), job(4, "streaming", Tier::Critical, 1, 2000, 1024))
+        .unwrap();
+    let (plan, _) = s.run_round(t(1));
+    assert!(plan.assignments.is_empty());
+    let victims: Vec<TaskId> = plan.preemptions.iter().map(|p| p.task).collect();
+    assert_eq!(victims.len(), 2, "{victims:?}");
+    assert!(
+        victims.iter().all(|v| v.job == JobId(1)),
+        "lowest bid and priority first: {victims:?}"
+    );
+    assert!(matches!(
+        plan.preemptions[0].cause,
+        PreemptCause::Critical { job: JobId(4) }
+    ));
+    drain(&mut s);
+    // No new victims while those stop.
+    assert!(s.run_round(t(2)).0.preemptions.is_empty());
+    for v in victims {
+        s.handle_task_stopped(t(3), v).unwrap();
+    }
+    let (plan, _) = s.run_round(t(4));
+    assert_eq!(
+        plan.assignments
+            .iter()
+            .filter(|a| a.task.job == JobId(4))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn clearing_price_is_the_highest_losing_bid_or_the_floor() {
+    let mut config = SchedulerConfig::default();
+    config.market.floor_price = Price::new(0.1).unwrap();
+    let mut s = market(config);
+    s.handle_job_submitted(t(0), whole_host_job(1, "enc", 4, 3.0))
+        .unwrap();
+    s.handle_job_submitted(t(0), whole_host_job(2, "enc", 1, 2.0))
+        .unwrap();
+    let (plan, _) = s.run_round(t(0));
+    assert_eq!(plan.assignments.len(), 4);
+    let price = |plan: &Plan, pool: &str| {
+        plan.prices
+            .iter()
+            .find(|(p, _)| p.as_str() == pool)
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        price(&plan, "use1a"),
+        Price::new(2.0).unwrap(),
+        "winners pay the highest losing bid"
+    );
+    assert_eq!(
+        price(&plan, "usw2a"),
+        Price::new(2.0).unwrap(),
+        "usw2a has no hosts to lease: contended too"
+    );
+    assert_eq!(pool(&s, "use1a").clearing_price, Price::new(2.0).unwrap());
+
+    // An hour at 2.0 per IE-hour for 4 IE held.
+    let enc = s
+        .ledger(t(HOUR))
+        .into_iter()
+        .find(|e| e.pool.as_str() == "use1a")
+        .unwrap();
+    assert!(
+        (enc.leased_ie_hours - 4.0).abs() < 1e-9 && (enc.charges - 8.0).abs() < 1e-9,
+        "{enc:?}"
+    );
+
+    s.handle_job_killed(t(HOUR), JobId(2)).unwrap();
+    let (plan, _) = s.run_round(t(HOUR));
+    assert_eq!(
+        price(&plan, "use1a"),
+        Price::new(0.1).unwrap(),
+        "ample supply: the floor"
+    );
+}
+
+#[test]
+fn pool_totals_add_up_to_reserved() {
+    let mut s = market(SchedulerConfig::default());
+    s.handle_job_submitted(t(0), whole_host_job(1, "enc", 3, 1.0))
+        .unwrap();
+    s.run_round(t(0));
+    s.handle_streaming_demand(t(2 * HOUR), &PoolId::from("use1a"), Ie::from_whole(8))
+        .unwrap();
+    s.run_round(t(2 * HOUR));
+    for p in s.pool_totals(t(3 * HOUR)) {
+        let parts =
+            p.streaming_ie_hours + p.headroom_ie_hours + p.leased_ie_hours + p.idle_ie_hours;
+        assert!((parts - p.reserved_ie_hours).abs() < 1e-9, "{p:?}");
+        assert!(
+            (p.reserved_ie_hours - 30.0).abs() < 1e-9,
+            "10 IE for 3 hours: {p:?}"
+        );
+    }
+    let p = s
+        .pool_totals(t(3 * HOUR))
+        .into_iter()
+        .find(|p| p.pool.as_str() == "use1a")
+        .unwrap();
+    // 2 h at 5 IE streaming, then 1 h at 8. Leased 3 IE throughout (the
+    // victims are still stopping), but in the last hour only the 2 IE that
+    // streaming leaves count as leased; the 1.8 IE over supply is a violation.
+    assert!((p.streaming_ie_hours - 18.0).abs() < 1e-9, "{p:?}");
+    assert!((p.leased_ie_hours - 8.0).abs() < 1e-9, "{p:?}");
+    assert!((p.headroom_ie_hours - 1.0).abs() < 1e-9, "{p:?}");
+    assert!((p.violation_ie_hours - 1.8).abs() < 1e-9, "{p:?}");
+}
+
+#[test]
+fn market_inputs_refuse_bad_values_by_field() {
+    let mut s = market(SchedulerConfig::default());
+    let e = s
+        .handle_reservations(t(0), &PoolId::from("nope"), vec![])
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid field `pool`: unknown pool `nope`; configure it first"
+    );
+    let bad = vec![Reservation {
+        instance_type: "z9.huge".into(),
+        count: 3,
+    }];
+    let e = s
+        .handle_reservations(t(0), &PoolId::from("use1a"), bad)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            InputError::InvalidField {
+                field: "reservations.instance_type",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(pool(&s, "use1a").reserved, Ie::from_whole(10), "unchanged");
+    let mut spec = PoolSpec {
+        id: PoolId::from("p"),
+        region: "r".into(),
+        headroom: HeadroomPolicy::default(),
+    };
+    spec.headroom.daily_scaling_fraction = f64::NAN;
+    let e = s.handle_pool_configured(t(0), spec).unwrap_err();
+    assert!(matches!(
+        e,
+        InputError::InvalidField {
+            field: "pool.headroom.daily_scaling_fraction",
+            ..
+        }
+    ));
+    let mut h = host("odd", "us-east-1a", 8, 32);
+    h.pool = PoolId::from("use1a");
+    h.instance_type = "z9.huge".into();
+    let e = s.handle_host_added(t(0), h).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            InputError::InvalidField {
+                field: "instance_type",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut j = whole_host_job(9, "enc", 1, 1.0);
+    j.bid = None;
+    assert!(Price::new(f64::INFINITY).is_none() && Price::new(-1.0).is_none());
+    let mut bad_config = SchedulerConfig::default();
+    bad_config.market.reference_instance_type = "m5.huge".into();
+    assert!(matches!(
+        Scheduler::try_new(bad_config),
+        Err(InputError::InvalidField {
+            field: "reference_instance_type",
+            ..
+        })
+    ));
+}

@@ -1,0 +1,363 @@
+//! Property tests for the market's safety invariants over random fleets,
+//! reservations, demand curves and failovers:
+//! - after every reclaim, leases that are not already stopping fit supply,
+//!   unless no emergency forces it and disruption budgets block it (and even
+//!   then streaming itself is never short);
+//! - critical tasks are never victims;
+//! - disruption budgets hold, except for preemptions recorded as over budget;
+//! - pool totals add up: streaming + headroom + leased + idle = reserved;
+//! - no host is over-committed.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use ebb_scheduler::*;
+use proptest::prelude::*;
+
+const TYPES: [&str; 4] = ["m5.4xlarge", "m5.16xlarge", "c5.9xlarge", "r5.8xlarge"];
+
+#[derive(Clone, Debug)]
+struct PoolGen {
+    region: usize,
+    reserved_m5_16xl: u32,
+    hosts: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct JobGen {
+    flex: bool,
+    n: u32,
+    vcpus: u64,
+    bid: u8,
+    priority: i32,
+    budget: Option<u32>,
+    checkpoint_mins: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Submit(JobGen),
+    Demand { pool: usize, ie_tenths: u64 },
+    Failover { region: usize, active: bool },
+    Round,
+    StopAll,
+    FinishSome(u8),
+}
+
+fn pool_gen() -> impl Strategy<Value = PoolGen> {
+    (
+        0..3usize,
+        0..20u32,
+        prop::collection::vec(0..TYPES.len(), 1..6),
+    )
+        .prop_map(|(region, reserved_m5_16xl, hosts)| PoolGen {
+            region,
+            reserved_m5_16xl,
+            hosts,
+        })
+}
+
+fn job_gen() -> impl Strategy<Value = JobGen> {
+    (
+        any::<bool>(),
+        1..6u32,
+        1..40u64,
+        0..4u8,
+        0..3i32,
+        prop::option::of(1..3u32),
+        prop::option::of(1..30u64),
+    )
+        .prop_map(
+            |(flex, n, vcpus, bid, priority, budget, checkpoint_mins)| JobGen {
+                flex: flex || n > 3, // mostly flex
+                n,
+                vcpus,
+                bid,
+                priority,
+                budget,
+                checkpoint_mins,
+            },
+        )
+}
+
+fn step_gen(n_pools: usize) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => job_gen().prop_map(Step::Submit),
+        3 => (0..n_pools, 0..250u64).prop_map(|(pool, ie_tenths)| Step::Demand { pool, ie_tenths }),
+        1 => (0..3usize, any::<bool>()).prop_map(|(region, active)| Step::Failover { region, active }),
+        4 => Just(Step::Round),
+        2 => Just(Step::StopAll),
+        1 => any::<u8>().prop_map(Step::FinishSome),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = (Vec<PoolGen>, Vec<Step>)> {
+    prop::collection::vec(pool_gen(), 1..4).prop_flat_map(|pools| {
+        let n = pools.len();
+        (Just(pools), prop::collection::vec(step_gen(n), 1..40))
+    })
+}
+
+fn region(i: usize) -> String {
+    ["us-east-1", "us-west-2", "eu-west-1"][i].to_owned()
+}
+
+struct Run {
+    s: Scheduler,
+    now: u64,
+    next_job: u64,
+    /// Per job: (time, over budget) of each committed preemption.
+    preempted: BTreeMap<JobId, Vec<(u64, bool)>>,
+    failed_over: std::collections::BTreeSet<usize>,
+}
+
+impl Run {
+    fn new(pools: &[PoolGen]) -> Run {
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        let catalog = s.catalog().clone();
+        let mut n_hosts = 0;
+        for (p, g) in pools.iter().enumerate() {
+            let id = PoolId::from(format!("pool-{p}"));
+            let spec = PoolSpec {
+                id: id.clone(),
+                region: region(g.region),
+                headroom: HeadroomPolicy::default(),
+            };
+            s.handle_pool_configured(t(0), spec).unwrap();
+            let res = vec![Reservation {
+                instance_type: "m5.16xlarge".into(),
+                count: g.reserved_m5_16xl,
+            }];
+            s.handle_reservations(t(0), &id, res).unwrap();
+            for &ty in &g.hosts {
+                let ty = catalog.get(TYPES[ty]).unwrap();
+                let spec = HostSpec {
+                    id: HostId::from(format!("h{n_hosts}")),
+                    pool: id.clone(),
+                    instance_type: ty.name.clone(),
+                    zone: format!("{}a", region(g.region)),
+                    region: region(g.region),
+                    attributes: Default::default(),
+                    capacity: ty.capacity(),
+                    gpu_model: None,
+                };
+                s.handle_host_added(t(0), spec).unwrap();
+                n_hosts += 1;
+            }
+        }
+        Run {
+            s,
+            now: 0,
+            next_job: 1,
+            preempted: BTreeMap::new(),
+            failed_over: Default::default(),
+        }
+    }
+
+    fn apply(&mut self, step: &Step, n_pools: usize) {
+        self.now += 60_000;
+        let now = t(self.now);
+        match step {
+            Step::Submit(g) => {
+                let tier = if g.flex { Tier::Flex } else { Tier::Critical };
+                let mut j = job(
+                    self.next_job,
+                    if g.flex { "batch" } else { "streaming" },
+                    tier,
+                    g.n,
+                    g.vcpus * 1000,
+                    1024,
+                );
+                self.next_job += 1;
+                j.bid = Price::new(f64::from(g.bid));
+                j.priority = g.priority;
+                j.disruption_budget = g.budget.map(|k| DisruptionBudget {
+                    limit: BudgetLimit::MaxTasks(k),
+                    window: DurationMs::from_mins(30),
+                });
+                j.checkpoint_interval = g.checkpoint_mins.map(DurationMs::from_mins);
+                self.s.handle_job_submitted(now, j).unwrap();
+            }
+            Step::Demand { pool, ie_tenths } => {
+                let id = PoolId::from(format!("pool-{}", pool % n_pools));
+                self.s
+                    .handle_streaming_demand(now, &id, Ie::from_f64(*ie_tenths as f64 / 10.0))
+                    .unwrap();
+            }
+            Step::Failover { region: r, active } => {
+                // Regions without pools are refused; that is fine here.
+                if self.s.handle_failover(now, &region(*r), *active).is_ok() {
+                    if *active {
+                        self.failed_over.insert(*r);
+                    } else {
+                        self.failed_over.remove(r);
+                    }
+                }
+            }
+            Step::Round => self.round(),
+            Step::StopAll => {
+                for (task, _) in self.tasks_where(|st| matches!(st, TaskState::Stopping { .. })) {
+                    self.s.handle_task_stopped(now, task).unwrap();
+                }
+            }
+            Step::FinishSome(seed) => {
+                for (i, (task, _)) in self
+                    .tasks_where(|st| {
+                        matches!(st, TaskState::Running { .. } | TaskState::Assigned { .. })
+                    })
+                    .into_iter()
+                    .enumerate()
+                {
+                    if (i as u8).wrapping_add(*seed) % 3 == 0 {
+                        self.s.handle_task_finished(now, task).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    fn tasks_where(&self, f: impl Fn(&TaskState) -> bool) -> Vec<(TaskId, TaskView)> {
+        let mut out = Vec::new();
+        for h in self.s.hosts() {
+            for &task in h.tasks() {
+                let v = self.s.task(task).unwrap();
+                if f(&v.state) {
+                    out.push((task, v));
+                }
+            }
+        }
+        out.sort_by_key(|(t, _)| *t);
+        out
+    }
+
+    fn round(&mut self) {
+        let now = self.now;
+        let plan = self.s.plan_round(t(now));
+        for p in &plan.preemptions {
+            let spec = self.s.job_spec(p.task.job).unwrap();
+            assert_eq!(
+                spec.tier,
+                Tier::Flex,
+                "critical task {} chosen as a victim",
+                p.task
+            );
+        }
+        let preemptions = plan.preemptions.clone();
+        let report = self.s.commit(plan);
+        assert_eq!(
+            report.n_preempted as usize,
+            preemptions.len(),
+            "fresh plans commit whole"
+        );
+        for p in &preemptions {
+            self.preempted
+                .entry(p.task.job)
+                .or_default()
+                .push((now, p.over_budget));
+        }
+        if std::env::var_os("EBB_DEBUG_PROPS").is_some() && !preemptions.is_empty() {
+            eprintln!(
+                "t={now} preempted {} (over budget {})",
+                preemptions.len(),
+                preemptions.iter().filter(|p| p.over_budget).count()
+            );
+        }
+        self.check_reclaim();
+        self.check_budgets();
+        self.check_hosts();
+        self.check_totals();
+    }
+
+    fn check_reclaim(&self) {
+        let any_budgets = self
+            .s
+            .job_ids()
+            .iter()
+            .any(|j| self.s.job_spec(*j).unwrap().disruption_budget.is_some());
+        for pool in self.s.pools() {
+            // Leases not already on their way out.
+            let mut projected = Ie::ZERO;
+            for h in self.s.hosts().filter(|h| h.spec().pool == pool.pool) {
+                let live_flex = h.tasks().iter().any(|t| {
+                    self.s.job_spec(t.job).unwrap().tier == Tier::Flex
+                        && !matches!(self.s.task(*t).unwrap().state, TaskState::Stopping { .. })
+                });
+                if live_flex {
+                    projected += h.ie();
+                }
+            }
+            let hard_limit = pool.reserved.saturating_sub(pool.streaming);
+            assert!(
+                projected <= hard_limit || projected <= pool.supply,
+                "streaming short in {}: {projected} leased, {hard_limit} left by streaming: {pool:?}",
+                pool.pool
+            );
+            if !any_budgets || !self.failed_over.is_empty() {
+                assert!(
+                    projected <= pool.supply,
+                    "{}: {projected} leased > supply {}",
+                    pool.pool,
+                    pool.supply
+                );
+            }
+        }
+    }
+
+    fn check_budgets(&self) {
+        for (job, events) in &self.preempted {
+            let Some(budget) = &self.s.job_spec(*job).unwrap().disruption_budget else {
+                continue;
+            };
+            let BudgetLimit::MaxTasks(k) = budget.limit else {
+                unreachable!("generator uses MaxTasks")
+            };
+            let window = budget.window.as_millis();
+            for &(at, _) in events {
+                let in_window = events
+                    .iter()
+                    .filter(|(t, over)| !over && *t <= at && *t + window > at)
+                    .count();
+                assert!(
+                    in_window as u32 <= k,
+                    "{job}: {in_window} preemptions within budget {k} at t={at}"
+                );
+            }
+        }
+    }
+
+    fn check_hosts(&self) {
+        for h in self.s.hosts() {
+            assert!(
+                h.allocated().fits_in(&h.spec().capacity),
+                "host {} over-committed",
+                h.spec().id
+            );
+        }
+    }
+
+    fn check_totals(&self) {
+        for p in self.s.pool_totals(t(self.now)) {
+            let parts =
+                p.streaming_ie_hours + p.headroom_ie_hours + p.leased_ie_hours + p.idle_ie_hours;
+            assert!(
+                (parts - p.reserved_ie_hours).abs() <= 1e-9 * p.reserved_ie_hours.max(1.0),
+                "{p:?}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn market_invariants_hold((pools, steps) in scenario()) {
+        let mut run = Run::new(&pools);
+        for step in &steps {
+            run.apply(step, pools.len());
+        }
+        run.round();
+    }
+}
