@@ -13,7 +13,7 @@ use crate::ids::PoolId;
 use crate::ids::{HostId, JobId, TaskId, TeamId};
 use crate::job::{Constraint, JobSpec, Tier};
 use crate::ledger::{LedgerEntry, PoolTotals};
-use crate::market::{Catalog, Ie, PoolIdx, PoolSpec, PoolStatus, Reservation};
+use crate::market::{Catalog, Compaction, Ie, PoolIdx, PoolSpec, PoolStatus, Reservation};
 use crate::place::Pipeline;
 use crate::place::index::HostIdx;
 use crate::place::reason::{PendingReasons, Reason};
@@ -679,6 +679,13 @@ impl Scheduler {
             .collect();
         out.sort_by(|a, b| a.pool.cmp(&b.pool));
         out
+    }
+
+    /// Up to `max_hosts` suggestions of flex tasks to move so that whole
+    /// leased hosts empty out (see [`crate::market::compact`]). Changes nothing;
+    /// the shell may act on them or not.
+    pub fn compaction_suggestions(&mut self, now: Timestamp, max_hosts: usize) -> Vec<Compaction> {
+        crate::market::compact::suggest(&mut self.state, &self.pipeline, now, max_hosts)
     }
 
     /// The instance type catalog in use.

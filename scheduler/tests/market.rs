@@ -413,3 +413,46 @@ fn market_inputs_refuse_bad_values_by_field() {
         })
     ));
 }
+
+#[test]
+fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing() {
+    let mut s = market(SchedulerConfig::default());
+    // Spread policy puts one 8-vCPU task on each of three hosts.
+    let mut spread = SchedulerConfig::default();
+    spread.flex = TierPolicy::single(ScorerKind::Spread);
+    let mut s2 = market(spread);
+    for s in [&mut s, &mut s2] {
+        s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 3, 8_000, 1024))
+            .unwrap();
+        s.run_round(t(0));
+    }
+    assert_eq!(
+        pool(&s, "use1a").n_leased_hosts,
+        1,
+        "bin-packing leases one host"
+    );
+    assert!(
+        s.compaction_suggestions(t(1), 10).is_empty(),
+        "nothing to compact"
+    );
+
+    assert_eq!(
+        pool(&s2, "use1a").n_leased_hosts,
+        3,
+        "spreading leases three"
+    );
+    let before = s2.pools();
+    let suggestions = s2.compaction_suggestions(t(1), 10);
+    assert_eq!(suggestions.len(), 2, "{suggestions:?}");
+    assert!(
+        suggestions
+            .iter()
+            .all(|c| c.migrations.len() == 1 && c.frees == Ie::from_whole(1))
+    );
+    let target = &suggestions[0].migrations[0].to;
+    assert!(
+        suggestions.iter().all(|c| &c.migrations[0].to == target),
+        "everything packs onto one host"
+    );
+    assert_eq!(s2.pools(), before, "suggesting changes nothing");
+}

@@ -31,6 +31,7 @@
 //! Leases are charged at the price in force while they are held.
 
 pub mod catalog;
+pub mod compact;
 pub mod ie;
 
 use std::collections::BTreeSet;
@@ -50,6 +51,7 @@ use crate::state::{Host, Job, State};
 use crate::time::DurationMs;
 
 pub use catalog::{Catalog, InstanceType};
+pub use compact::{Compaction, Migration};
 pub use ie::Ie;
 
 /// Index of a pool in the market's pool table.
