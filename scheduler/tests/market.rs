@@ -418,8 +418,10 @@ fn market_inputs_refuse_bad_values_by_field() {
 fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing() {
     let mut s = market(SchedulerConfig::default());
     // Spread policy puts one 8-vCPU task on each of three hosts.
-    let mut spread = SchedulerConfig::default();
-    spread.flex = TierPolicy::single(ScorerKind::Spread);
+    let spread = SchedulerConfig {
+        flex: TierPolicy::single(ScorerKind::Spread),
+        ..SchedulerConfig::default()
+    };
     let mut s2 = market(spread);
     for s in [&mut s, &mut s2] {
         s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 3, 8_000, 1024))
