@@ -15,6 +15,8 @@ pub(crate) mod check;
 pub(crate) mod index;
 pub mod reason;
 pub mod score;
+#[cfg(test)]
+mod testkit;
 
 use crate::config::{SearchOrder, TierPolicy};
 use crate::market::PoolSupplyChecker;
