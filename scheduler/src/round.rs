@@ -372,6 +372,12 @@ impl<'a> Planner<'a> {
                     self.state.uncharge(a.task.job, a.host_idx, self.now);
                 }
                 self.stats.n_placed = placed_before;
+                // The failure just cached for the gang's shape was seen with
+                // the gang's own tasks charged; with them rolled back it no
+                // longer holds, and a later job of that shape could fit.
+                // (Charges only ever grow otherwise, which is what makes the
+                // cache sound.)
+                self.failed_shapes.clear();
                 let mut counts = vec![(Reason::GangIncomplete { n_placed, n_needed }, 0)];
                 counts.extend(reasons.counts.iter().map(|c| (c.reason.clone(), c.n_hosts)));
                 self.give_up(
