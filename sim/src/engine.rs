@@ -1,0 +1,650 @@
+//! The discrete-event loop: a virtual clock in integer milliseconds, events
+//! ordered by (time, sequence number), one [`Scheduler`] fed through the same
+//! `handle_*` inputs the server uses, and simulated executors answering its
+//! actions.
+//!
+//! ```text
+//!   heap of (time, seq, event) ──pop──▶ handle_* input ──▶ Scheduler
+//!        ▲                                                    │ plan_round + commit
+//!        │ Started / Exit / Stopped after latency,            ▼
+//!        └──────── runtime, grace ◀──── simulated executor ◀─ poll_action
+//! ```
+//!
+//! Nothing here reads the wall clock except the round timer and the
+//! events-per-second figure, which are reported but never hashed.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ebb_scheduler::{
+    Action, HostId, HostSpec, JobId, PoolId, Scheduler, StopCause, TaskId, TaskState, Timestamp,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::demand::{self, DemandSeries};
+use crate::market::MarketLink;
+use crate::metrics::{FleetSample, JobRow, Metrics, PoolSample, Summary};
+use crate::scenario::Scenario;
+use crate::workload::{self, SimJob};
+
+/// How to run a scenario.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Policy name (scenario-defined or built-in).
+    pub policy: String,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Everything a run produces.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The headline figures.
+    pub summary: Summary,
+    /// Per pool, every `sample_interval`.
+    pub pool_series: Vec<PoolSample>,
+    /// Fleet-wide, every `sample_interval`.
+    pub fleet_series: Vec<FleetSample>,
+    /// One row per job.
+    pub jobs: Vec<JobRow>,
+    /// Tasks the core and the simulated executors disagree about (empty
+    /// unless there is a bug: the conservation test checks it).
+    pub conservation_errors: Vec<String>,
+}
+
+/// A simulated executor's view of one task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Pending,
+    Launching,
+    Running,
+    Stopping,
+    Done,
+}
+
+/// `run_start` of a run the executor has not reported started.
+const NOT_STARTED: u64 = u64::MAX;
+
+#[derive(Clone, Debug)]
+struct SimTask {
+    /// Run time needed in total.
+    work_ms: u64,
+    /// Run time saved by checkpoints (or completed).
+    done_ms: u64,
+    /// When the current run started (executor reported it started).
+    run_start: u64,
+    /// When the current run exits by itself (finish or failure).
+    exit_at: u64,
+    /// Launch counter: events of older runs are stale.
+    attempt: u32,
+    phase: Phase,
+    /// Pool of the host of the current run.
+    pool: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    /// Periodic round; schedules the next one.
+    Round,
+    /// Round requested by the core's `poll_timeout`.
+    TimeoutRound,
+    Submit(u32),
+    Demand {
+        series: u32,
+        point: u32,
+    },
+    Failover {
+        region: u32,
+        active: bool,
+    },
+    Started {
+        task: TaskId,
+        attempt: u32,
+    },
+    Exit {
+        task: TaskId,
+        attempt: u32,
+        failed: bool,
+    },
+    Stopped {
+        task: TaskId,
+        attempt: u32,
+    },
+    Sample,
+}
+
+struct Entry {
+    time: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.seq) == (o.time, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    /// Reversed: `BinaryHeap` is a max-heap and we pop the earliest event.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.time, o.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// Runs `sc` once.
+pub fn run(sc: &Scenario, opts: &RunOptions) -> Result<Outcome> {
+    let config = sc.scheduler_config(&opts.policy)?;
+    let core = Scheduler::try_new(config)
+        .with_context(|| format!("policy `{}`: invalid scheduler configuration", opts.policy))?;
+    let jobs = workload::build(sc, opts.seed).context("generating workloads")?;
+    let demand = demand::build(sc, opts.seed).context("building demand curves")?;
+    let mut sim = Sim::new(sc, opts, core, jobs, demand)?;
+    sim.run()?;
+    Ok(sim.finish())
+}
+
+struct Sim<'a> {
+    sc: &'a Scenario,
+    seed: u64,
+    core: Scheduler,
+    heap: BinaryHeap<Entry>,
+    seq: u64,
+    now: u64,
+    jobs: Vec<SimJob>,
+    /// Flat index of each job's task 0.
+    job_base: Vec<usize>,
+    tasks: Vec<SimTask>,
+    host_pool: HashMap<HostId, u16>,
+    demand: Vec<DemandSeries>,
+    market: MarketLink,
+    metrics: Metrics,
+    trace: Sha256,
+    timeout_round_at: Option<u64>,
+    progress: ProgressBar,
+    n_events: u64,
+}
+
+impl<'a> Sim<'a> {
+    fn new(
+        sc: &'a Scenario,
+        opts: &RunOptions,
+        core: Scheduler,
+        jobs: Vec<SimJob>,
+        demand: Vec<DemandSeries>,
+    ) -> Result<Self> {
+        let mut job_base = Vec::with_capacity(jobs.len());
+        let mut tasks = Vec::new();
+        for j in &jobs {
+            job_base.push(tasks.len());
+            tasks.extend(j.work_ms.iter().map(|&w| SimTask {
+                work_ms: w,
+                done_ms: 0,
+                run_start: 0,
+                exit_at: 0,
+                attempt: 0,
+                phase: Phase::Pending,
+                pool: 0,
+            }));
+        }
+        let draw = if opts.progress && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let progress = ProgressBar::with_draw_target(Some(sc.sim.duration.0 / 1000), draw);
+        progress.set_style(
+            ProgressStyle::with_template(
+                "{spinner} simulated {pos}/{len} s [{bar:40}] {percent}% eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        let metrics = Metrics::new(sc, &jobs, opts);
+        let market = MarketLink::new(sc);
+        Ok(Sim {
+            sc,
+            seed: opts.seed,
+            core,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            jobs,
+            job_base,
+            tasks,
+            host_pool: HashMap::new(),
+            demand,
+            market,
+            metrics,
+            trace: Sha256::new(),
+            timeout_round_at: None,
+            progress,
+            n_events: 0,
+        })
+    }
+
+    fn push(&mut self, time: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Entry {
+            time,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn ts(&self) -> Timestamp {
+        Timestamp::from_millis(self.now)
+    }
+
+    fn flat(&self, t: TaskId) -> usize {
+        self.job_base[t.job.0 as usize] + t.index as usize
+    }
+
+    /// Adds the fleet, configures the market and schedules every known event.
+    fn setup(&mut self) -> Result<()> {
+        let now = self.ts();
+        self.market.configure(self.sc, &mut self.core, now)?;
+        let mut capacities = Vec::new();
+        for (pool_idx, p) in self.sc.fleet.pools.iter().enumerate() {
+            for tc in &p.hosts {
+                let info = self
+                    .core
+                    .catalog()
+                    .get(&tc.instance_type)
+                    .expect("validated against the catalog")
+                    .clone();
+                let capacity = info.capacity();
+                for i in 0..tc.count {
+                    let id = HostId::from(format!("{}/{}/{i:05}", p.id, tc.instance_type));
+                    let spec = HostSpec {
+                        id: id.clone(),
+                        pool: PoolId::from(p.id.as_str()),
+                        instance_type: tc.instance_type.clone(),
+                        zone: p.zone.clone(),
+                        region: p.region.clone(),
+                        attributes: Default::default(),
+                        capacity: capacity.clone(),
+                        gpu_model: info.gpu_model.clone(),
+                    };
+                    self.core
+                        .handle_host_added(self.ts(), spec)
+                        .with_context(|| format!("adding host {id} of pool {}", p.id))?;
+                    self.host_pool.insert(id, pool_idx as u16);
+                    capacities.push(capacity.clone());
+                }
+            }
+        }
+        self.metrics.set_host_capacities(capacities);
+        for i in 0..self.jobs.len() {
+            self.push(self.jobs[i].submit_ms, Ev::Submit(i as u32));
+        }
+        for s in 0..self.demand.len() {
+            for p in 0..self.demand[s].points.len() {
+                let t = self.demand[s].points[p].0;
+                self.push(
+                    t,
+                    Ev::Demand {
+                        series: s as u32,
+                        point: p as u32,
+                    },
+                );
+            }
+        }
+        for f in &self.sc.failover {
+            let region = self
+                .sc
+                .fleet
+                .regions
+                .iter()
+                .position(|r| r.name == f.region)
+                .expect("validated") as u32;
+            let (a, b) = (f.at.0, f.at.0 + f.duration.0);
+            self.push(
+                a,
+                Ev::Failover {
+                    region,
+                    active: true,
+                },
+            );
+            self.push(
+                b,
+                Ev::Failover {
+                    region,
+                    active: false,
+                },
+            );
+        }
+        // Rounds and samples come after the inputs of the same instant.
+        self.push(0, Ev::Round);
+        self.push(0, Ev::Sample);
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        self.setup()?;
+        let end = self.sc.sim.duration.0;
+        let wall = Instant::now();
+        while let Some(e) = self.heap.pop() {
+            if e.time > end {
+                break;
+            }
+            debug_assert!(e.time >= self.now, "time went backwards");
+            self.now = e.time;
+            self.n_events += 1;
+            if self.n_events.is_multiple_of(65_536) {
+                self.progress.set_position(self.now / 1000);
+            }
+            self.dispatch(e.ev)?;
+        }
+        self.now = end;
+        self.metrics.wall_s = wall.elapsed().as_secs_f64();
+        self.metrics.n_events = self.n_events;
+        self.progress.finish_and_clear();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, ev: Ev) -> Result<()> {
+        let now = self.ts();
+        match ev {
+            Ev::Round => {
+                self.round();
+                let next = self.now + self.sc.sim.round_interval.0;
+                self.push(next, Ev::Round);
+            }
+            Ev::TimeoutRound => {
+                self.timeout_round_at = None;
+                self.round();
+            }
+            Ev::Submit(i) => {
+                let spec = self.jobs[i as usize].spec.clone();
+                let n = spec.n_tasks;
+                self.core.handle_job_submitted(now, spec).with_context(|| {
+                    format!("submitting job {}", self.jobs[i as usize].spec.name)
+                })?;
+                self.metrics.on_submit(n);
+            }
+            Ev::Demand { series, point } => {
+                let s = &self.demand[series as usize];
+                let (pool, ie) = (s.pool_idx, s.points[point as usize].1);
+                self.market.set_demand(&mut self.core, now, pool, ie)?;
+            }
+            Ev::Failover { region, active } => {
+                let name = self.sc.fleet.regions[region as usize].name.clone();
+                self.market
+                    .set_failover(&mut self.core, now, &name, active)?;
+            }
+            Ev::Started { task, attempt } => self.on_started(task, attempt)?,
+            Ev::Exit {
+                task,
+                attempt,
+                failed,
+            } => self.on_exit(task, attempt, failed)?,
+            Ev::Stopped { task, attempt } => self.on_stopped(task, attempt)?,
+            Ev::Sample => {
+                self.sample();
+                let next = self.now + self.sc.sim.sample_interval.0;
+                self.push(next, Ev::Sample);
+            }
+        }
+        self.drain_actions();
+        Ok(())
+    }
+
+    fn round(&mut self) {
+        let now = self.ts();
+        let t0 = Instant::now();
+        let plan = self.core.plan_round(now);
+        let planning = t0.elapsed();
+        let (n_emergency, n_over_budget) = plan.preemptions.iter().fold((0, 0), |(e, o), p| {
+            (e + u64::from(p.emergency), o + u64::from(p.over_budget))
+        });
+        let t1 = Instant::now();
+        let report = self.core.commit(plan);
+        let elapsed = planning + t1.elapsed();
+        self.metrics.round_nanos.push(elapsed.as_nanos() as u64);
+        self.metrics.n_emergency_preemptions += n_emergency;
+        self.metrics.n_over_budget_preemptions += n_over_budget;
+        for (task, _why) in &report.rejected {
+            self.trace.update(b"R");
+            self.trace.update(self.now.to_le_bytes());
+            hash_task(&mut self.trace, *task);
+        }
+        self.drain_actions();
+        let pools = self.market.statuses(&self.core);
+        self.metrics.on_round(&pools);
+        if let Some(t) = self.core.poll_timeout().map(Timestamp::as_millis)
+            && t > self.now
+            && self.timeout_round_at.is_none_or(|pending| t < pending)
+            // Periodic rounds run at multiples of the interval anyway.
+            && !t.is_multiple_of(self.sc.sim.round_interval.0)
+        {
+            self.timeout_round_at = Some(t);
+            self.push(t, Ev::TimeoutRound);
+        }
+    }
+
+    fn drain_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Launch { task, host, .. } => self.on_launch(task, &host),
+                Action::Stop {
+                    task,
+                    host,
+                    grace,
+                    cause,
+                } => self.on_stop(task, &host, grace.as_millis(), cause),
+            }
+        }
+    }
+
+    fn on_launch(&mut self, task: TaskId, host: &HostId) {
+        self.trace.update(b"L");
+        self.trace.update(self.now.to_le_bytes());
+        hash_task(&mut self.trace, task);
+        self.trace.update(host.as_str().as_bytes());
+        self.trace.update([0]);
+        let pool = self.host_pool[host];
+        let f = self.flat(task);
+        let t = &mut self.tasks[f];
+        t.attempt += 1;
+        t.phase = Phase::Launching;
+        t.run_start = NOT_STARTED;
+        t.pool = pool;
+        let attempt = t.attempt;
+        let latency = {
+            let u = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 1);
+            let mut rng = rand::SeedableRng::seed_from_u64(u.to_bits());
+            workload::draw(&self.sc.sim.launch_latency, &mut rng, 0)
+        };
+        self.metrics.on_launch(task.job.0 as usize, self.now);
+        self.push(self.now + latency, Ev::Started { task, attempt });
+    }
+
+    fn on_started(&mut self, task: TaskId, attempt: u32) -> Result<()> {
+        let f = self.flat(task);
+        let t = &self.tasks[f];
+        if t.attempt != attempt || t.phase != Phase::Launching {
+            return Ok(()); // stopped before it started
+        }
+        self.core
+            .handle_task_started(self.ts(), task)
+            .with_context(|| format!("task {task} started"))?;
+        let job = &self.jobs[task.job.0 as usize];
+        let remaining = t.work_ms - t.done_ms;
+        let fails = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 2)
+            < job.failure_probability;
+        let run_ms = if fails {
+            let at = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 3);
+            ((remaining as f64 * at) as u64).max(1)
+        } else {
+            remaining
+        };
+        let t = &mut self.tasks[f];
+        t.phase = Phase::Running;
+        t.run_start = self.now;
+        t.exit_at = self.now + run_ms;
+        self.push(
+            self.now + run_ms,
+            Ev::Exit {
+                task,
+                attempt,
+                failed: fails,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_exit(&mut self, task: TaskId, attempt: u32, failed: bool) -> Result<()> {
+        let f = self.flat(task);
+        let t = &self.tasks[f];
+        if t.attempt != attempt || !matches!(t.phase, Phase::Running | Phase::Stopping) {
+            return Ok(());
+        }
+        let now = self.ts();
+        let ran = self.now - t.run_start;
+        let j = task.job.0 as usize;
+        let cpus = self.jobs[j].spec.request.cpu_millis as f64 / 1000.0;
+        let ckpt = self.jobs[j].spec.checkpoint_interval.map(|d| d.as_millis());
+        if failed {
+            self.core
+                .handle_task_failed(now, task)
+                .with_context(|| format!("task {task} failed"))?;
+            let saved = ckpt.map_or(0, |c| ran / c * c);
+            let state = self.core.task(task).map(|v| v.state);
+            let t = &mut self.tasks[f];
+            t.done_ms += saved;
+            let requeued = matches!(state, Some(TaskState::Pending));
+            t.phase = if requeued {
+                Phase::Pending
+            } else {
+                Phase::Done
+            };
+            let n = self.jobs[j].spec.n_tasks;
+            self.metrics
+                .on_failed(j, self.now, cpus * (ran - saved) as f64 / 3.6e6, &state, n);
+        } else {
+            self.core
+                .handle_task_finished(now, task)
+                .with_context(|| format!("task {task} finished"))?;
+            let t = &mut self.tasks[f];
+            t.done_ms = t.work_ms;
+            t.phase = Phase::Done;
+            let work = t.work_ms;
+            let n = self.jobs[j].spec.n_tasks;
+            self.metrics
+                .on_completed(j, self.now, cpus * work as f64 / 3.6e6, n);
+        }
+        Ok(())
+    }
+
+    fn on_stop(&mut self, task: TaskId, host: &HostId, grace_ms: u64, cause: StopCause) {
+        self.trace.update(b"S");
+        self.trace.update(self.now.to_le_bytes());
+        hash_task(&mut self.trace, task);
+        self.trace.update(host.as_str().as_bytes());
+        self.trace.update([0, cause_byte(cause)]);
+        self.trace.update(grace_ms.to_le_bytes());
+        let f = self.flat(task);
+        let job = &self.jobs[task.job.0 as usize];
+        let stop_at = self.now + grace_ms.min(job.stop_ms);
+        let t = &mut self.tasks[f];
+        let pool = t.pool;
+        if cause == StopCause::Preempt {
+            self.metrics.on_preempt_started(task.job.0 as usize, pool);
+        }
+        match t.phase {
+            Phase::Running if t.exit_at <= stop_at => {
+                // It exits by itself before the stop completes; the Exit event reports it.
+                t.phase = Phase::Stopping;
+            }
+            Phase::Running | Phase::Launching => {
+                t.phase = Phase::Stopping;
+                let attempt = t.attempt;
+                self.push(stop_at, Ev::Stopped { task, attempt });
+            }
+            // A repeated stop for a task already stopping changes nothing.
+            _ => {}
+        }
+    }
+
+    fn on_stopped(&mut self, task: TaskId, attempt: u32) -> Result<()> {
+        let f = self.flat(task);
+        let t = &self.tasks[f];
+        if t.attempt != attempt || t.phase != Phase::Stopping {
+            return Ok(());
+        }
+        // A task stopped before it started ran for nothing.
+        let ran = if t.run_start == NOT_STARTED {
+            0
+        } else {
+            self.now - t.run_start
+        };
+        self.core
+            .handle_task_stopped(self.ts(), task)
+            .with_context(|| format!("task {task} stopped"))?;
+        let j = task.job.0 as usize;
+        let cpus = self.jobs[j].spec.request.cpu_millis as f64 / 1000.0;
+        let ckpt = self.jobs[j].spec.checkpoint_interval.map(|d| d.as_millis());
+        let saved = ckpt.map_or(0, |c| ran / c * c);
+        let state = self.core.task(task).map(|v| v.state);
+        let t = &mut self.tasks[f];
+        t.done_ms = (t.done_ms + saved).min(t.work_ms);
+        let requeued = matches!(state, Some(TaskState::Pending));
+        t.phase = if requeued {
+            Phase::Pending
+        } else {
+            Phase::Done
+        };
+        let n = self.jobs[j].spec.n_tasks;
+        self.metrics
+            .on_stopped(j, self.now, cpus * (ran - saved) as f64 / 3.6e6, &state, n);
+        Ok(())
+    }
+
+    fn sample(&mut self) {
+        let pools = self.market.statuses(&self.core);
+        let totals = self.core.totals();
+        let n_hosts_used = self.core.hosts().filter(|h| !h.tasks().is_empty()).count() as u32;
+        self.metrics
+            .on_sample(self.now, &pools, &totals, n_hosts_used);
+    }
+
+    fn finish(mut self) -> Outcome {
+        let trace_hash = format!("{:x}", self.trace.clone().finalize());
+        let end = self.ts();
+        if self.market.any_managed() {
+            self.metrics.pool_totals = Some(self.core.pool_totals(end));
+        }
+        self.metrics.ledger = self.core.ledger(end);
+        // Conservation: the core and the simulated executors agree on every job.
+        for (j, job) in self.jobs.iter().enumerate() {
+            let c = self.core.job_counts(JobId(j as u64));
+            self.metrics.check_job(j, job, c);
+        }
+        self.metrics
+            .finish(self.sc, &self.jobs, trace_hash, self.now)
+    }
+}
+
+fn hash_task(h: &mut Sha256, t: TaskId) {
+    h.update(t.job.0.to_le_bytes());
+    h.update(t.index.to_le_bytes());
+}
+
+fn cause_byte(c: StopCause) -> u8 {
+    match c {
+        StopCause::Kill => 1,
+        StopCause::Preempt => 2,
+    }
+}

@@ -1,0 +1,158 @@
+//! Run outputs: the summary table on stdout, `summary.json`, `pools.csv`,
+//! `fleet.csv` and `jobs.csv`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::engine::Outcome;
+use crate::metrics::{Pctl, Summary};
+
+/// Writes every output file of a run into `dir`.
+pub fn write_all(out: &Outcome, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(&out.summary).expect("summary serializes");
+    let path = dir.join("summary.json");
+    std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    write_csv(&dir.join("pools.csv"), &out.pool_series)?;
+    write_csv(&dir.join("fleet.csv"), &out.fleet_series)?;
+    write_csv(&dir.join("jobs.csv"), &out.jobs)?;
+    crate::plot::run_plots(out, dir)?;
+    Ok(())
+}
+
+fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut w =
+        csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
+    for r in rows {
+        w.serialize(r)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn pctl(p: &Pctl) -> String {
+    if p.n == 0 {
+        return "none".into();
+    }
+    format!("{:.2} / {:.2} / {:.2} h (n={})", p.p50, p.p90, p.p99, p.n)
+}
+
+/// The human-readable summary table.
+pub fn table(s: &Summary) -> String {
+    let mut t = String::new();
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(t, "  {k:<44} {v}");
+    };
+    row(
+        "scenario / policy / seed",
+        format!("{} / {} / {}", s.scenario, s.policy, s.seed),
+    );
+    row(
+        "simulated",
+        format!(
+            "{:.1} h, {} jobs, {} tasks",
+            s.duration_h, s.n_jobs, s.tasks.n_tasks
+        ),
+    );
+    row(
+        "tasks completed / failed / queued / placed",
+        format!(
+            "{} / {} / {} / {}",
+            s.tasks.completed, s.tasks.failed, s.tasks.queued, s.tasks.placed
+        ),
+    );
+    let c = &s.capacity;
+    if c.market {
+        row(
+            "harvested share of idle reserved IE-h",
+            format!(
+                "{:.1}% ({:.0} leased of {:.0} supply IE-h)",
+                100.0 * c.harvested_share,
+                c.leased_ie_h,
+                c.supply_ie_h
+            ),
+        );
+        row(
+            "reserved = streaming+headroom+leased+idle",
+            format!(
+                "{:.0} = {:.0} + {:.0} + {:.0} + {:.0} IE-h",
+                c.reserved_ie_h, c.streaming_ie_h, c.headroom_ie_h, c.leased_ie_h, c.idle_ie_h
+            ),
+        );
+    } else {
+        row(
+            "harvested share of idle reserved IE-h",
+            "n/a (no market-managed pool)".into(),
+        );
+    }
+    row("batch goodput", format!("{:.0} CPU-h", s.goodput_cpu_h));
+    row(
+        "work lost to preemption",
+        format!(
+            "{:.0} CPU-h ({:.2}% of goodput)",
+            s.lost_preempt_cpu_h, s.lost_preempt_pct
+        ),
+    );
+    row(
+        "work lost to failures",
+        format!("{:.0} CPU-h", s.lost_failure_cpu_h),
+    );
+    row("preemptions", s.n_preemptions.to_string());
+    row("job wait p50 / p90 / p99", pctl(&s.job_wait_h));
+    row("job completion p50 / p90 / p99", pctl(&s.job_completion_h));
+    for season in &s.seasons {
+        row(
+            &format!("season makespan ({})", season.name),
+            season.makespan_h.map_or_else(
+                || format!("unfinished, {} tasks left", season.tasks_left),
+                |m| format!("{m:.2} h after the drop at {:.1} h", season.drop_h),
+            ),
+        );
+    }
+    if c.market {
+        row(
+            "headroom violations",
+            format!(
+                "{} ({:.1} IE-min)",
+                c.headroom_violations, c.headroom_violation_ie_min
+            ),
+        );
+        row(
+            "emergency / over-budget preemptions",
+            format!(
+                "{} / {}",
+                c.n_emergency_preemptions, c.n_over_budget_preemptions
+            ),
+        );
+    }
+    let h = &s.hosts;
+    row(
+        "hosts used vs packing lower bound",
+        format!(
+            "{:.1} vs {:.1} of {} (×{:.3})",
+            h.used_mean, h.lower_bound_mean, h.n_hosts, h.used_over_bound
+        ),
+    );
+    let p = &s.perf;
+    row(
+        "scheduler time per round p50 / p99",
+        format!(
+            "{:.3} / {:.3} ms ({} rounds, max {:.1} ms)",
+            p.round_ms_p50, p.round_ms_p99, p.n_rounds, p.round_ms_max
+        ),
+    );
+    row(
+        "simulated events/s",
+        format!(
+            "{:.0} ({} events in {:.2} s)",
+            p.events_per_s, p.n_events, p.wall_s
+        ),
+    );
+    row("trace hash", s.trace_hash.clone());
+    t
+}
