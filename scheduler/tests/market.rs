@@ -458,3 +458,48 @@ fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing()
     );
     assert_eq!(s2.pools(), before, "suggesting changes nothing");
 }
+
+#[test]
+fn clearing_price_table() {
+    // (name, floor, [(bid, n whole-host tasks)] in one team, expected use1a price)
+    // use1a has 4.5 IE of supply and six 1-IE hosts.
+    let cases: [(&str, f64, &[(f64, u32)], f64); 5] = [
+        ("ample supply pays the floor", 0.5, &[(3.0, 2)], 0.5),
+        (
+            "contended pays the highest losing bid",
+            0.5,
+            &[(3.0, 4), (2.0, 1), (1.0, 1)],
+            2.0,
+        ),
+        (
+            "a losing bid below the floor pays the floor",
+            0.5,
+            &[(3.0, 4), (0.2, 1)],
+            0.5,
+        ),
+        ("no bid loses as zero", 0.0, &[(3.0, 4), (0.0, 2)], 0.0),
+        (
+            "exactly full, nobody losing: floor",
+            0.25,
+            &[(3.0, 4)],
+            0.25,
+        ),
+    ];
+    for (name, floor, jobs, want) in cases {
+        let mut config = SchedulerConfig::default();
+        config.market.floor_price = Price::new(floor).unwrap();
+        let mut s = market(config);
+        for (i, (bid, n)) in jobs.iter().enumerate() {
+            s.handle_job_submitted(t(0), whole_host_job(i as u64 + 1, "enc", *n, *bid))
+                .unwrap();
+        }
+        let (plan, _) = s.run_round(t(0));
+        let got = plan
+            .prices
+            .iter()
+            .find(|(p, _)| p.as_str() == "use1a")
+            .unwrap()
+            .1;
+        assert_eq!(got, Price::new(want).unwrap(), "{name}");
+    }
+}
