@@ -463,7 +463,8 @@ fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing()
 fn clearing_price_table() {
     // (name, floor, [(bid, n whole-host tasks)] in one team, expected use1a price)
     // use1a has 4.5 IE of supply and six 1-IE hosts.
-    let cases: [(&str, f64, &[(f64, u32)], f64); 5] = [
+    type Case = (&'static str, f64, &'static [(f64, u32)], f64);
+    let cases: [Case; 5] = [
         ("ample supply pays the floor", 0.5, &[(3.0, 2)], 0.5),
         (
             "contended pays the highest losing bid",

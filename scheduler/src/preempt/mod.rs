@@ -102,6 +102,7 @@ type VictimKey = (i64, i64, u64, u64, Reverse<Timestamp>);
 #[derive(Clone, Debug, Default)]
 struct VictimSet {
     tasks: Vec<TaskId>,
+    n: u64,
     max_bid: Price,
     max_priority: i32,
     sum_priority: i64,
@@ -111,12 +112,17 @@ struct VictimSet {
 
 impl VictimSet {
     fn add(&mut self, state: &State, task: TaskId, now: Timestamp) {
-        let job = &state.jobs[&task.job];
+        self.tasks.push(task);
+        self.count(&state.jobs[&task.job], task, now);
+    }
+
+    /// Adds a victim to the ranking facts only (no allocation): enough to sort hosts.
+    fn count(&mut self, job: &Job, task: TaskId, now: Timestamp) {
         let t = &job.tasks[task.index as usize];
-        if self.tasks.is_empty() {
+        if self.n == 0 {
             self.max_priority = job.spec.priority;
         }
-        self.tasks.push(task);
+        self.n += 1;
         self.max_bid = self.max_bid.max(job.spec.bid.unwrap_or(Price::ZERO));
         self.max_priority = self.max_priority.max(job.spec.priority);
         self.sum_priority += i64::from(job.spec.priority);
@@ -127,7 +133,7 @@ impl VictimSet {
     /// The policy's sort key: smaller is preempted first.
     fn key(&self, policy: VictimPolicy) -> VictimKey {
         let bid_micros = (self.max_bid.per_ie_hour() * 1e6) as i64;
-        let n = self.tasks.len() as u64;
+        let n = self.n;
         let prio = i64::from(self.max_priority);
         match policy {
             VictimPolicy::Cost => (
@@ -170,20 +176,22 @@ fn budget_room(job: &Job, now: Timestamp, used: u32) -> Option<u32> {
     Some(limit.saturating_sub(recent + used))
 }
 
+/// A flex task that is assigned or running (not already stopping).
+fn is_preemptible(job: &Job, task: TaskId) -> bool {
+    job.spec.tier == Tier::Flex
+        && matches!(
+            job.tasks[task.index as usize].phase,
+            Phase::Assigned(_) | Phase::Running(_)
+        )
+}
+
 /// Flex tasks on a host that are not already stopping.
 fn preemptible_tasks(state: &State, host_idx: HostIdx) -> impl Iterator<Item = TaskId> + '_ {
     state.hosts[host_idx as usize]
         .tasks
         .iter()
         .copied()
-        .filter(move |t| {
-            let job = &state.jobs[&t.job];
-            job.spec.tier == Tier::Flex
-                && matches!(
-                    job.tasks[t.index as usize].phase,
-                    Phase::Assigned(_) | Phase::Running(_)
-                )
-        })
+        .filter(move |t| is_preemptible(&state.jobs[&t.job], *t))
 }
 
 /// Victims planned so far in a round.
@@ -263,53 +271,67 @@ pub(crate) fn plan_reclaim(
     }
     // Leases already on their way out (every flex task stopping) do not need reclaiming again.
     let mut projected = pool.leased;
-    let mut candidates: Vec<(HostIdx, VictimSet)> = Vec::new();
+    let policy = market.config.victim_policy;
+    // Rank hosts by their victims' facts alone (one pass, no allocation);
+    // victim lists are built only for the hosts the greedy pass looks at.
+    let mut ranked: Vec<(VictimKey, u64, HostIdx)> = Vec::new();
     for &h in &pool.hosts {
         let host = &state.hosts[h as usize];
         if host.n_flex_tasks == 0 {
             continue;
         }
-        let mut set = VictimSet::default();
-        for t in preemptible_tasks(state, h) {
-            set.add(state, t, now);
+        let mut facts = VictimSet::default();
+        if !host.reclaiming {
+            for &t in &host.tasks {
+                let job = &state.jobs[&t.job];
+                if is_preemptible(job, t) {
+                    facts.count(job, t, now);
+                }
+            }
         }
-        if set.tasks.is_empty() || host.reclaiming {
+        if facts.n == 0 {
             projected = projected.saturating_sub(host.ie);
         } else {
-            candidates.push((h, set));
+            ranked.push((facts.key(policy), host.rank, h));
         }
     }
     if projected <= supply {
         return Vec::new();
     }
-    let policy = market.config.victim_policy;
-    candidates.sort_by_cached_key(|(h, set)| (set.key(policy), state.hosts[*h as usize].rank, *h));
+    ranked.sort_unstable();
+    let candidates = ranked.iter().map(|&(_, _, h)| {
+        let mut set = VictimSet::default();
+        for t in preemptible_tasks(state, h) {
+            set.add(state, t, now);
+        }
+        (h, set)
+    });
     let cause = PreemptCause::Reclaim {
         pool: pool.id.clone(),
     };
     let mut out = Vec::new();
-    let mut taken = vec![false; candidates.len()];
-    for (i, (h, set)) in candidates.iter().enumerate() {
+    let mut passed_over = Vec::new();
+    for (h, set) in candidates {
         if projected <= supply {
             break;
         }
-        if round.within_budget(state, set, now) {
-            out.extend(round.take(state, set, *h, now, &cause, false));
-            projected = projected.saturating_sub(state.hosts[*h as usize].ie);
-            taken[i] = true;
+        if round.within_budget(state, &set, now) {
+            out.extend(round.take(state, &set, h, now, &cause, false));
+            projected = projected.saturating_sub(state.hosts[h as usize].ie);
+        } else {
+            passed_over.push((h, set));
         }
     }
     let hard_limit = pool.reserved.saturating_sub(pool.streaming_now);
     let emergency = !market.failed_over.is_empty() || projected > hard_limit;
     if projected > supply && emergency {
-        for (i, (h, set)) in candidates.iter().enumerate() {
+        // Phase 1 ran out of candidates, so what it passed over is all that is left.
+        for (h, set) in passed_over {
             if projected <= supply {
                 break;
             }
-            if !taken[i] {
-                out.extend(round.take(state, set, *h, now, &cause, true));
-                projected = projected.saturating_sub(state.hosts[*h as usize].ie);
-            }
+            out.extend(round.take(state, &set, h, now, &cause, true));
+            projected = projected.saturating_sub(state.hosts[h as usize].ie);
         }
     }
     out
