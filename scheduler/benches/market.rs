@@ -127,8 +127,10 @@ fn reclaim(c: &mut Criterion) {
 
 /// Fenzo's fleet shape: 10,000 hosts of 8 vCPU, optionally in a market pool with ample supply.
 fn fleet(market: bool) -> Scheduler {
-    let mut config = SchedulerConfig::default();
-    config.flex = TierPolicy::single(ScorerKind::CpuBinPack);
+    let config = SchedulerConfig {
+        flex: TierPolicy::single(ScorerKind::CpuBinPack),
+        ..SchedulerConfig::default()
+    };
     let mut s = Scheduler::new(config);
     if market {
         configure_pool(&mut s, "m5.2xlarge", N_HOSTS);
