@@ -47,21 +47,18 @@ impl Dur {
     /// Parses `"<number><unit>"` with unit one of ms, s, m, h, d.
     pub fn parse(text: &str) -> Result<Dur, String> {
         let t = text.trim();
+        let usage =
+            || format!("`{text}`: expected a number with a unit (ms, s, m, h, d), e.g. \"30s\"");
         for (suffix, factor) in UNITS {
             if let Some(num) = t.strip_suffix(suffix) {
-                let v: f64 = num
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("`{text}`: `{num}` is not a number"))?;
+                let v: f64 = num.trim().parse().map_err(|_| usage())?;
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(format!("`{text}`: must be a finite, non-negative duration"));
                 }
                 return Ok(Dur((v * factor).round() as u64));
             }
         }
-        Err(format!(
-            "`{text}`: expected a number with a unit (ms, s, m, h, d), e.g. \"30s\""
-        ))
+        Err(usage())
     }
 }
 

@@ -1,11 +1,282 @@
-//! SVG plots (plotters).
+//! SVG plots with plotters: stacked capacity over time, queue depth, and
+//! preemptions for a run; a policy comparison for a sweep.
+
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
 
 use crate::engine::Outcome;
 
-/// Writes a run's plots into `dir`.
-pub fn run_plots(_out: &Outcome, _dir: &Path) -> Result<()> {
+const W: u32 = 1100;
+const H: u32 = 420;
+
+/// Writes `capacity.svg`, `queue.svg` and `preemptions.svg` into `dir`.
+pub fn run_plots(out: &Outcome, dir: &Path) -> Result<()> {
+    capacity(out, &dir.join("capacity.svg"))?;
+    queue(out, &dir.join("queue.svg"))?;
+    preemptions(out, &dir.join("preemptions.svg"))?;
+    Ok(())
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("plotting: {e}")
+}
+
+/// Fleet-wide (all market-managed pools) streaming, headroom, leased and
+/// idle IE per sample, stacked: the top of the stack is the reserved IE.
+fn capacity(out: &Outcome, path: &Path) -> Result<()> {
+    // (t, [streaming, headroom, leased, idle])
+    let mut rows: Vec<(f64, [f64; 4])> = Vec::new();
+    for s in &out.pool_series {
+        let (Some(h), Some(l), Some(i)) = (s.headroom_ie, s.leased_ie, s.idle_ie) else {
+            continue;
+        };
+        // Headroom eaten by leases beyond supply shows as leased, not twice.
+        let part = [s.streaming_ie, h, l, i];
+        match rows.last_mut() {
+            Some((t, acc)) if *t == s.t_h => acc.iter_mut().zip(part).for_each(|(a, p)| *a += p),
+            _ => rows.push((s.t_h, part)),
+        }
+    }
+    let layers = [
+        ("idle (supply not leased)", RGBColor(200, 200, 200)),
+        ("leased to batch", RGBColor(46, 139, 87)),
+        ("headroom", RGBColor(255, 165, 0)),
+        ("streaming", RGBColor(65, 105, 225)),
+    ];
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let t_max = out.summary.duration_h.max(1e-9);
+    let y_max = rows
+        .iter()
+        .map(|(_, p)| p.iter().sum::<f64>())
+        .fold(1.0, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} / {} — capacity in instance equivalents (all market pools)",
+                out.summary.scenario, out.summary.policy
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("hours")
+        .y_desc("IE")
+        .draw()
+        .map_err(err)?;
+    // Draw the tallest cumulative layer first so lower layers paint over it.
+    for (k, &(label, color)) in layers.iter().enumerate() {
+        let upto = 4 - k; // idle: all four; streaming: only itself
+        let series = rows
+            .iter()
+            .map(|(t, p)| (*t, p[..upto].iter().sum::<f64>()));
+        chart
+            .draw_series(AreaSeries::new(series, 0.0, color.mix(0.85)))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn queue(out: &Outcome, path: &Path) -> Result<()> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let t_max = out.summary.duration_h.max(1e-9);
+    let y_max = out
+        .fleet_series
+        .iter()
+        .map(|s| s.queue_depth.max(s.tasks_placed) as f64)
+        .fold(1.0, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} / {} — queued and placed tasks",
+                out.summary.scenario, out.summary.policy
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("hours")
+        .y_desc("tasks")
+        .draw()
+        .map_err(err)?;
+    let queued = out
+        .fleet_series
+        .iter()
+        .map(|s| (s.t_h, s.queue_depth as f64));
+    chart
+        .draw_series(LineSeries::new(queued, RED.stroke_width(2)))
+        .map_err(err)?
+        .label("queue depth (pending tasks)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED.stroke_width(2)));
+    let placed = out
+        .fleet_series
+        .iter()
+        .map(|s| (s.t_h, s.tasks_placed as f64));
+    chart
+        .draw_series(LineSeries::new(placed, BLUE.stroke_width(2)))
+        .map_err(err)?
+        .label("placed tasks")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn preemptions(out: &Outcome, path: &Path) -> Result<()> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let t_max = out.summary.duration_h.max(1e-9);
+    let y_max = out
+        .fleet_series
+        .iter()
+        .map(|s| f64::from(s.preemptions))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} / {} — preemptions per sample interval ({} total)",
+                out.summary.scenario, out.summary.policy, out.summary.n_preemptions
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("hours")
+        .y_desc("preemptions")
+        .draw()
+        .map_err(err)?;
+    let step = out
+        .fleet_series
+        .get(1)
+        .map_or(t_max, |s| s.t_h - out.fleet_series[0].t_h);
+    chart
+        .draw_series(
+            out.fleet_series
+                .iter()
+                .filter(|s| s.preemptions > 0)
+                .map(|s| {
+                    // A sample counts the preemptions of the interval before it.
+                    Rectangle::new(
+                        [(s.t_h - step, 0.0), (s.t_h, f64::from(s.preemptions))],
+                        RGBColor(178, 34, 34).filled(),
+                    )
+                }),
+        )
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One metric of a sweep for one policy: its values over seeds.
+pub struct SweepBar {
+    /// Policy name.
+    pub policy: String,
+    /// Median over seeds.
+    pub p50: f64,
+    /// 90th percentile over seeds.
+    pub p90: f64,
+    /// Minimum over seeds.
+    pub min: f64,
+    /// Maximum over seeds.
+    pub max: f64,
+}
+
+/// A grid of panels, one per metric: for each policy a min–max bar with
+/// the p50 (circle) and p90 (cross) over seeds.
+pub fn sweep(path: &Path, title: &str, panels: &[(String, Vec<SweepBar>)]) -> Result<()> {
+    let cols = 2usize;
+    let rows = panels.len().div_ceil(cols);
+    let root = SVGBackend::new(path, (W, 330 * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
+    let areas = root.split_evenly((rows, cols));
+    for ((metric, bars), area) in panels.iter().zip(areas) {
+        let n = bars.len();
+        let lo = bars.iter().map(|b| b.min).fold(f64::INFINITY, f64::min);
+        let hi = bars.iter().map(|b| b.max).fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((hi - lo).abs() * 0.1).max(hi.abs() * 0.02).max(1e-9);
+        let (y0, y1) = (
+            (lo - pad).min(if lo >= 0.0 { 0.0 } else { lo - pad }),
+            hi + pad,
+        );
+        let names: Vec<String> = bars.iter().map(|b| b.policy.clone()).collect();
+        let mut chart = ChartBuilder::on(&area)
+            .caption(metric, ("sans-serif", 15))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(65)
+            .build_cartesian_2d(-0.5..(n as f64 - 0.5), y0..y1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .map_err(err)?;
+        for (i, b) in bars.iter().enumerate() {
+            let x = i as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x - 0.08, b.min), (x + 0.08, b.max)],
+                    RGBColor(100, 149, 237).mix(0.6).filled(),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Circle::new((x, b.p50), 5, BLACK.filled())))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Cross::new(
+                    (x, b.p90),
+                    6,
+                    RED.stroke_width(2),
+                )))
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(err)?;
     Ok(())
 }
