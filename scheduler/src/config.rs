@@ -54,9 +54,13 @@ pub struct TierPolicy {
 
 impl Default for TierPolicy {
     /// CPU+memory bin-packing walking tightest-first, scoring up to 8
-    /// feasible hosts and stopping early on a host that would be ≥ 95% full.
-    /// See docs/BENCHMARKS.md for the measurements behind 8 and 0.95: more
-    /// hosts scored bought < 0.5% fewer hosts used at several times the cost.
+    /// feasible hosts and stopping early on a host scoring ≥ 0.95.
+    /// docs/BENCHMARKS.md has the measurements behind 8 and 0.95 (10,000
+    /// hosts, 4-dimension uniform mix): with dot-product scoring, 8 hosts
+    /// use 5% fewer hosts than 1 and 0.4% fewer than 4, while 32, or
+    /// good_enough 1.0, change hosts used by under 0.2%; scoring every
+    /// feasible host is 12-140x slower and packs no better. On Fenzo's
+    /// shape 8 costs 0.54 ms per 200-task round against 0.45 ms for 1.
     fn default() -> Self {
         TierPolicy {
             scorers: vec![(ScorerKind::CpuMemBinPack, 1.0)],
