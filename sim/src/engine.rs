@@ -406,6 +406,8 @@ impl<'a> Sim<'a> {
         let t0 = Instant::now();
         let plan = self.core.plan_round(now);
         let planning = t0.elapsed();
+        let busy = !plan.assignments.is_empty() || !plan.preemptions.is_empty();
+        self.metrics.n_hosts_examined += plan.stats.n_hosts_examined;
         let (n_emergency, n_over_budget) = plan.preemptions.iter().fold((0, 0), |(e, o), p| {
             (e + u64::from(p.emergency), o + u64::from(p.over_budget))
         });
@@ -413,6 +415,10 @@ impl<'a> Sim<'a> {
         let report = self.core.commit(plan);
         let elapsed = planning + t1.elapsed();
         self.metrics.round_nanos.push(elapsed.as_nanos() as u64);
+        if !busy {
+            self.metrics.n_idle_rounds += 1;
+            self.metrics.idle_round_nanos += elapsed.as_nanos() as u64;
+        }
         self.metrics.n_emergency_preemptions += n_emergency;
         self.metrics.n_over_budget_preemptions += n_over_budget;
         for (task, _why) in &report.rejected {

@@ -229,6 +229,17 @@ pub struct Perf {
     pub wall_s: f64,
     /// Events per wall second.
     pub events_per_s: f64,
+    /// Wall time inside `plan_round` + `commit`, s.
+    pub rounds_s: f64,
+    /// Rounds that planned nothing (no assignment, no preemption).
+    pub n_idle_rounds: u64,
+    /// Wall time in those rounds, s.
+    pub idle_rounds_s: f64,
+    /// Hosts the core ran through its feasibility checkers, over all rounds.
+    pub n_hosts_examined: u64,
+    /// Events per wall second outside rounds: the engine, the simulated
+    /// executors and the core's `handle_*` inputs.
+    pub events_per_s_outside_rounds: f64,
 }
 
 /// The summary of one run (`summary.json`).
@@ -306,6 +317,12 @@ pub struct Metrics {
     pub n_emergency_preemptions: u64,
     /// Preemptions planned beyond a job's disruption budget.
     pub n_over_budget_preemptions: u64,
+    /// Hosts run through feasibility checkers, over all rounds.
+    pub n_hosts_examined: u64,
+    /// Rounds that planned no assignment and no preemption.
+    pub n_idle_rounds: u64,
+    /// Wall time in those rounds, ns.
+    pub idle_round_nanos: u64,
     /// The core's per-pool integrals at the end (market-managed pools).
     pub pool_totals: Option<Vec<PoolTotals>>,
     /// The core's ledger at the end.
@@ -339,6 +356,9 @@ impl Metrics {
             conservation_errors: Vec::new(),
             n_emergency_preemptions: 0,
             n_over_budget_preemptions: 0,
+            n_hosts_examined: 0,
+            n_idle_rounds: 0,
+            idle_round_nanos: 0,
             pool_totals: None,
             ledger: Vec::new(),
         }
@@ -628,6 +648,7 @@ impl Metrics {
             .collect();
         let mut round_ms: Vec<f64> = self.round_nanos.iter().map(|&n| n as f64 / 1e6).collect();
         let round_max = round_ms.iter().copied().fold(0.0, f64::max);
+        let rounds_s = round_ms.iter().sum::<f64>() / 1e3;
         let rp = Pctl::of(&mut round_ms);
         let (used_mean, lower_bound_mean) = if self.n_host_samples > 0 {
             (
@@ -677,6 +698,15 @@ impl Metrics {
                 wall_s: self.wall_s,
                 events_per_s: if self.wall_s > 0.0 {
                     self.n_events as f64 / self.wall_s
+                } else {
+                    0.0
+                },
+                rounds_s,
+                n_idle_rounds: self.n_idle_rounds,
+                idle_rounds_s: self.idle_round_nanos as f64 / 1e9,
+                n_hosts_examined: self.n_hosts_examined,
+                events_per_s_outside_rounds: if self.wall_s > rounds_s {
+                    self.n_events as f64 / (self.wall_s - rounds_s)
                 } else {
                     0.0
                 },

@@ -147,10 +147,17 @@ pub fn table(s: &Summary) -> String {
         ),
     );
     row(
+        "rounds that planned nothing",
+        format!(
+            "{} ({:.2} s); hosts examined {:.3e}",
+            p.n_idle_rounds, p.idle_rounds_s, p.n_hosts_examined as f64
+        ),
+    );
+    row(
         "simulated events/s",
         format!(
-            "{:.0} ({} events in {:.2} s)",
-            p.events_per_s, p.n_events, p.wall_s
+            "{:.0} ({} events in {:.2} s; {:.0}/s outside the {:.2} s in rounds)",
+            p.events_per_s, p.n_events, p.wall_s, p.events_per_s_outside_rounds, p.rounds_s
         ),
     );
     row("trace hash", s.trace_hash.clone());

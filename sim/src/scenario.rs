@@ -322,6 +322,9 @@ pub struct WorkloadSpec {
     /// Progress is saved every this much run time; `None`: never.
     #[serde(default)]
     pub checkpoint_interval: Option<Dur>,
+    /// Per-job disruption budget for ordinary reclaim.
+    #[serde(default)]
+    pub disruption_budget: Option<BudgetSpec>,
     /// Task runtime (`steady`, `ml_training`; for `season_drop` the shape,
     /// rescaled so the mean matches `cpu_hours`).
     #[serde(default)]
@@ -374,6 +377,20 @@ fn default_max_retries() -> u32 {
 fn default_stop_time() -> Dur {
     // An encoder flushes its current segment and exits in a few seconds.
     Dur::secs(5)
+}
+
+/// `disruption_budget = { max_percent = 10, window = "1h" }` (or `max_tasks`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// At most this many tasks per window.
+    #[serde(default)]
+    pub max_tasks: Option<u32>,
+    /// At most this percentage of the job's tasks per window.
+    #[serde(default)]
+    pub max_percent: Option<u32>,
+    /// The sliding window.
+    pub window: Dur,
 }
 
 /// The batch workload generators.
@@ -617,6 +634,20 @@ impl WorkloadSpec {
         }
         if let Some(r) = &self.runtime {
             r.validate(&format!("{at}.runtime"))?;
+        }
+        if let Some(b) = &self.disruption_budget {
+            ensure!(
+                b.max_tasks.is_some() != b.max_percent.is_some(),
+                "{at}.disruption_budget: set exactly one of `max_tasks` and `max_percent`"
+            );
+            ensure!(
+                b.max_percent.is_none_or(|p| p <= 100),
+                "{at}.disruption_budget.max_percent must be at most 100"
+            );
+            ensure!(
+                b.window.0 > 0,
+                "{at}.disruption_budget.window must be greater than zero"
+            );
         }
         let need = |v: bool, field: &str| -> Result<()> {
             ensure!(v, "{at}.{field} is required for kind = \"{:?}\"", self.kind);

@@ -3,7 +3,10 @@
 //! seed's `workload/<name>` stream, so every policy sees the same jobs.
 
 use anyhow::Result;
-use ebb_scheduler::{Constraint, JobId, JobSpec, Price, Resources, RetryPolicy, TeamId};
+use ebb_scheduler::{
+    BudgetLimit, Constraint, DisruptionBudget, JobId, JobSpec, Price, Resources, RetryPolicy,
+    TeamId,
+};
 use rand::Rng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Exp, LogNormal};
@@ -74,7 +77,13 @@ fn template(w: &WorkloadSpec, name: String, n_tasks: u32) -> JobSpec {
             max_retries: w.max_retries,
             ..RetryPolicy::default()
         },
-        disruption_budget: None,
+        disruption_budget: w.disruption_budget.as_ref().map(|b| DisruptionBudget {
+            limit: match (b.max_tasks, b.max_percent) {
+                (Some(n), _) => BudgetLimit::MaxTasks(n),
+                (None, p) => BudgetLimit::MaxPercent(p.expect("validated")),
+            },
+            window: ebb_scheduler::DurationMs::from_millis(b.window.0),
+        }),
         checkpoint_interval: w
             .checkpoint_interval
             .map(|d| ebb_scheduler::DurationMs::from_millis(d.0)),
