@@ -64,3 +64,62 @@ pub fn merge(base: &mut toml::Table, top: &toml::Table) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ebb_scheduler::{ScorerKind, SearchOrder, VictimPolicy};
+
+    use crate::scenario::Scenario;
+
+    fn tiny() -> Scenario {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/scenarios/tiny.toml"
+        );
+        Scenario::load(std::path::Path::new(path)).expect("tiny loads")
+    }
+
+    #[test]
+    fn every_builtin_resolves_to_what_its_comment_says() {
+        let sc = tiny();
+        for (name, _) in super::BUILTIN {
+            sc.scheduler_config(name)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+        let c = sc.scheduler_config("consolidate").unwrap();
+        assert_eq!(
+            c.flex.scorers,
+            vec![
+                (ScorerKind::CpuMemBinPack, 1.0),
+                (ScorerKind::FlexConsolidation, 1.0)
+            ]
+        );
+        let c = sc.scheduler_config("spread").unwrap();
+        assert_eq!(c.flex.search_order, SearchOrder::LoosestFirst);
+        let c = sc.scheduler_config("thorough").unwrap();
+        assert_eq!(
+            (c.flex.good_enough, c.flex.max_hosts_scored),
+            (1.0, Some(u32::MAX))
+        );
+        let c = sc.scheduler_config("victim-fewest").unwrap();
+        assert_eq!(c.market.victim_policy, VictimPolicy::FewestVictims);
+        // Critical work keeps the core's default everywhere.
+        assert_eq!(c.critical, ebb_scheduler::TierPolicy::default());
+    }
+
+    #[test]
+    fn scenario_market_is_the_base_and_policies_override_it() {
+        let mut sc = tiny();
+        sc.market.insert(
+            "victim_policy".into(),
+            toml::Value::String("kubernetes".into()),
+        );
+        sc.market
+            .insert("floor_price".into(), toml::Value::Float(0.25));
+        let c = sc.scheduler_config("binpack").unwrap();
+        assert_eq!(c.market.victim_policy, VictimPolicy::Kubernetes);
+        let c = sc.scheduler_config("victim-least-lost").unwrap();
+        assert_eq!(c.market.victim_policy, VictimPolicy::LeastLostWork);
+        assert_eq!(c.market.floor_price.per_ie_hour(), 0.25);
+    }
+}
