@@ -38,7 +38,7 @@ pub struct RunOptions {
     pub seed: u64,
     /// Policy name (scenario-defined or built-in).
     pub policy: String,
-    /// Show a progress bar (only drawn when stderr is a terminal).
+    /// Show a progress bar (drawn on stderr, only when stdout and stderr are terminals).
     pub progress: bool,
 }
 
@@ -198,7 +198,10 @@ impl<'a> Sim<'a> {
                 pool: 0,
             }));
         }
-        let draw = if opts.progress && std::io::stderr().is_terminal() {
+        let draw = if opts.progress
+            && std::io::stdout().is_terminal()
+            && std::io::stderr().is_terminal()
+        {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
