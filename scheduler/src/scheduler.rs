@@ -207,6 +207,7 @@ impl Scheduler {
         let p = &mut self.state.market.pools[pool as usize];
         p.hosts.insert(host_idx);
         p.n_hosts += 1;
+        p.min_host_ie = Some(p.min_host_ie.map_or(ie, |m| m.min(ie)));
         self.state.host_by_id.insert(spec.id.clone(), host_idx);
         self.state.hosts.push(Host {
             spec,
@@ -261,6 +262,8 @@ impl Scheduler {
         let host = &mut self.state.hosts[host_idx as usize];
         host.spec = spec;
         host.ie = ie;
+        let pool = &mut self.state.market.pools[host.pool as usize];
+        pool.min_host_ie = Some(pool.min_host_ie.map_or(ie, |m| m.min(ie)));
         for t in &tasks {
             self.state.charge(t.job, host_idx, now);
         }
@@ -330,10 +333,17 @@ impl Scheduler {
             return;
         }
         let free = host.free();
-        let (rank, has_gpus, zone) = (host.rank, host.has_gpus(), host.zone as usize);
+        let (rank, has_gpus, zone, part) = (
+            host.rank,
+            host.has_gpus(),
+            host.zone as usize,
+            host.index_part(),
+        );
         host.state = to;
         if from == HostState::Active {
-            self.state.index.remove(host_idx, rank, &free, has_gpus);
+            self.state
+                .index
+                .remove(host_idx, rank, &free, has_gpus, part);
             self.state.zone_active_hosts[zone] -= 1;
             let cap = self.state.hosts[host_idx as usize].spec.capacity.clone();
             self.state
@@ -345,7 +355,9 @@ impl Scheduler {
             self.state.n_draining -= 1;
         }
         if to == HostState::Active {
-            self.state.index.insert(host_idx, rank, &free, has_gpus);
+            self.state
+                .index
+                .insert(host_idx, rank, &free, has_gpus, part);
             self.state.zone_active_hosts[zone] += 1;
             let cap = self.state.hosts[host_idx as usize].spec.capacity.clone();
             self.state

@@ -14,7 +14,7 @@ use crate::host::{HostSpec, HostState};
 use crate::ids::{HostId, JobId, TaskId, TeamId};
 use crate::job::{Constraint, JobSpec, Tier};
 use crate::market::{Ie, Market, PoolIdx};
-use crate::place::index::{HostIdx, HostIndex};
+use crate::place::index::{HAS_FLEX, HostIdx, HostIndex, NO_FLEX};
 use crate::place::reason::PendingReasons;
 use crate::preempt::task_ie;
 use crate::queue::JobQueue;
@@ -85,6 +85,15 @@ impl Host {
     /// True while the market is taking this host back from batch work.
     pub fn is_reclaiming(&self) -> bool {
         self.reclaiming
+    }
+
+    /// The host-index partition: with or without flex work.
+    pub(crate) fn index_part(&self) -> usize {
+        if self.n_flex_tasks > 0 {
+            HAS_FLEX
+        } else {
+            NO_FLEX
+        }
     }
 
     pub(crate) fn has_gpus(&self) -> bool {
@@ -298,6 +307,7 @@ impl State {
         let tier = job.spec.tier;
         let host = &mut self.hosts[host_idx as usize];
         let old_free = host.free();
+        let old_part = host.index_part();
         let indexed = host.state == HostState::Active;
         if add {
             host.allocated
@@ -342,8 +352,16 @@ impl State {
         }
         if indexed {
             let new_free = host.free();
-            self.index
-                .update(host_idx, host.rank, &old_free, &new_free, host.has_gpus());
+            let new_part = host.index_part();
+            self.index.update(
+                host_idx,
+                host.rank,
+                old_part,
+                &old_free,
+                new_part,
+                &new_free,
+                host.has_gpus(),
+            );
         }
         if job.tracks_placement {
             let zone = host.zone as usize;

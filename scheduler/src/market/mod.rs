@@ -175,6 +175,9 @@ pub(crate) struct PoolState {
     /// Hosts in the pool, for reclaim and compaction.
     pub(crate) hosts: BTreeSet<HostIdx>,
     pub(crate) clearing_price: Price,
+    /// The smallest IE of any host that joined the pool (never raised when
+    /// hosts leave, which only makes [`Market::can_lease_new_host`] conservative).
+    pub(crate) min_host_ie: Option<Ie>,
     /// Cached by [`Market::recompute`] after every market input.
     pub(crate) streaming_now: Ie,
     pub(crate) headroom: Ie,
@@ -228,6 +231,7 @@ impl Market {
             streaming_now: Ie::ZERO,
             headroom: Ie::ZERO,
             supply: None,
+            min_host_ie: None,
         });
         self.pool_by_id.insert(id.clone(), idx);
         idx
@@ -322,6 +326,20 @@ impl Market {
             pool.headroom = headroom;
             pool.supply = supply;
         }
+    }
+
+    /// True if some pool has a host without flex work that flex work may
+    /// lease now. When false, a flex search need not visit such hosts.
+    pub(crate) fn can_lease_new_host(&self) -> bool {
+        self.pools.iter().any(|p| {
+            let has_unleased = p.n_hosts > p.n_leased_hosts;
+            match (p.supply, p.min_host_ie) {
+                _ if !has_unleased => false,
+                (None, _) => true,
+                (Some(supply), Some(min_ie)) => p.leased <= supply && p.leased + min_ie <= supply,
+                (Some(_), None) => false,
+            }
+        })
     }
 
     /// The figures the ledger integrates for one pool.

@@ -98,8 +98,13 @@ impl Fleet {
         };
         match state {
             HostState::Active => {
-                s.index
-                    .insert(host_idx, rank, &host.free(), host.has_gpus());
+                s.index.insert(
+                    host_idx,
+                    rank,
+                    &host.free(),
+                    host.has_gpus(),
+                    host.index_part(),
+                );
                 s.zone_active_hosts[zone as usize] += 1;
                 s.active_capacity.checked_add_assign(&capacity).unwrap();
             }
