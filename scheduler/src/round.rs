@@ -97,7 +97,7 @@ struct JobCursor {
 
 /// Key of the failed-shape cache: jobs of one tier with the same request and
 /// the same job-independent hard constraints meet the same hosts.
-type ShapeKey = (Tier, Resources, Vec<Constraint>);
+pub(crate) type ShapeKey = (Tier, Resources, Vec<Constraint>);
 
 /// Scratch state of a round being planned.
 pub(crate) struct Planner<'a> {
@@ -107,7 +107,6 @@ pub(crate) struct Planner<'a> {
     assignments: Vec<Assignment>,
     unplaced: Vec<Unplaced>,
     stats: RoundStats,
-    failed_shapes: FxHashMap<ShapeKey, Arc<PendingReasons>>,
 }
 
 impl<'a> Planner<'a> {
@@ -119,7 +118,6 @@ impl<'a> Planner<'a> {
             assignments: Vec::new(),
             unplaced: Vec::new(),
             stats: RoundStats::default(),
-            failed_shapes: FxHashMap::default(),
         }
     }
 
@@ -322,7 +320,7 @@ impl<'a> Planner<'a> {
                 job.spec.hard_constraints.clone(),
             )
         });
-        if let Some(reasons) = shape.as_ref().and_then(|s| self.failed_shapes.get(s)) {
+        if let Some(reasons) = shape.as_ref().and_then(|s| self.state.failed_shapes.get(s)) {
             self.stats.n_shape_cache_hits += 1;
             return Err(reasons.clone());
         }
@@ -351,7 +349,7 @@ impl<'a> Planner<'a> {
                 self.stats.n_hosts_examined += u64::from(n_examined);
                 let reasons = Arc::new(reasons);
                 if let Some(shape) = shape {
-                    self.failed_shapes.insert(shape, reasons.clone());
+                    self.state.failed_shapes.insert(shape, reasons.clone());
                 }
                 Err(reasons)
             }
@@ -377,7 +375,7 @@ impl<'a> Planner<'a> {
                 // longer holds, and a later job of that shape could fit.
                 // (Charges only ever grow otherwise, which is what makes the
                 // cache sound.)
-                self.failed_shapes.clear();
+                self.state.forget_failed_shapes();
                 let mut counts = vec![(Reason::GangIncomplete { n_placed, n_needed }, 0)];
                 counts.extend(reasons.counts.iter().map(|c| (c.reason.clone(), c.n_hosts)));
                 self.give_up(

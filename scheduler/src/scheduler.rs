@@ -163,6 +163,8 @@ pub struct Scheduler {
     pipeline: Pipeline,
     actions: VecDeque<Action>,
     n_rounds: u64,
+    /// A plan was made and not yet committed.
+    plan_outstanding: bool,
 }
 
 impl Scheduler {
@@ -183,6 +185,7 @@ impl Scheduler {
             pipeline: Pipeline::default(),
             actions: VecDeque::new(),
             n_rounds: 0,
+            plan_outstanding: false,
         })
     }
 
@@ -255,6 +258,7 @@ impl Scheduler {
         // market lease and the ledger holdings then follow the new capacity.
         let state = host.state;
         let tasks = host.tasks.clone();
+        self.state.forget_failed_shapes();
         self.set_host_state(host_idx, HostState::Draining);
         for t in &tasks {
             self.state.uncharge(t.job, host_idx, now);
@@ -333,6 +337,9 @@ impl Scheduler {
             return;
         }
         let free = host.free();
+        // A host joining frees room; one leaving changes every reason count.
+        self.state.forget_failed_shapes();
+        let host = &mut self.state.hosts[host_idx as usize];
         let (rank, has_gpus, zone, part) = (
             host.rank,
             host.has_gpus(),
@@ -716,7 +723,9 @@ impl Scheduler {
     }
 
     /// Accrues every pool's capacity figures up to `now` before a market input changes them.
+    /// Also forgets cached shape failures: supply may be about to grow.
     fn accrue_market(&mut self, now: Timestamp) {
+        self.state.forget_failed_shapes();
         let market = &mut self.state.market;
         for p in 0..market.pools.len() as PoolIdx {
             let snapshot = market.snapshot(p);
@@ -764,6 +773,11 @@ impl Scheduler {
     /// back-offs ending) are applied first; they do not depend on the plan.
     /// The plan itself changes nothing until [`Scheduler::commit`].
     pub fn plan_round(&mut self, now: Timestamp) -> Plan {
+        if self.plan_outstanding {
+            // The last plan was dropped: shape failures it cached assumed its placements.
+            self.state.forget_failed_shapes();
+        }
+        self.plan_outstanding = true;
         self.advance(now);
         self.n_rounds += 1;
         let span =
@@ -785,6 +799,7 @@ impl Scheduler {
     /// with a reason; a gang job's assignments are applied all or none.
     /// Unplaced jobs record their pending reasons. Queues `Launch` actions.
     pub fn commit(&mut self, plan: Plan) -> CommitReport {
+        self.plan_outstanding = false;
         let mut report = CommitReport::default();
         // Preemptions first: a reclaimed host must not take the plan's new flex work.
         for p in &plan.preemptions {
@@ -855,6 +870,10 @@ impl Scheduler {
                     market.pools[idx as usize].clearing_price = *price;
                 }
             }
+        }
+        if !report.rejected.is_empty() || report.n_preempted as usize != plan.preemptions.len() {
+            // The state is looser than the plan assumed.
+            self.state.forget_failed_shapes();
         }
         report
     }
@@ -1091,6 +1110,7 @@ impl Scheduler {
 
     /// Frees a placed task's resources on its host.
     fn release(&mut self, task: TaskId, now: Timestamp) {
+        self.state.forget_failed_shapes();
         let host_idx = self
             .state
             .task(task)

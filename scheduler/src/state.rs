@@ -19,6 +19,7 @@ use crate::place::reason::PendingReasons;
 use crate::preempt::task_ie;
 use crate::queue::JobQueue;
 use crate::resources::Resources;
+use crate::round::ShapeKey;
 use crate::time::Timestamp;
 
 /// Index of a zone in the zone table.
@@ -217,6 +218,12 @@ pub(crate) struct State {
     pub(crate) n_draining: u32,
     pub(crate) n_hosts_added: u64,
     pub(crate) market: Market,
+    /// Shapes that found no host, kept across rounds: allocations only make
+    /// them less likely to fit, so an entry stays true until something frees
+    /// room — a task releasing resources, a host activating or growing, a
+    /// market input, a gang rolling back, or a plan that was not committed
+    /// whole. Those call [`State::forget_failed_shapes`].
+    pub(crate) failed_shapes: FxHashMap<ShapeKey, Arc<PendingReasons>>,
 }
 
 impl State {
@@ -239,6 +246,7 @@ impl State {
             n_draining: 0,
             n_hosts_added: 0,
             market,
+            failed_shapes: FxHashMap::default(),
         })
     }
 
@@ -265,6 +273,13 @@ impl State {
         self.zones.push(zone.into());
         self.zone_active_hosts.push(0);
         (self.zones.len() - 1) as ZoneIdx
+    }
+
+    /// Something freed room: cached shape failures may no longer hold.
+    pub(crate) fn forget_failed_shapes(&mut self) {
+        if !self.failed_shapes.is_empty() {
+            self.failed_shapes.clear();
+        }
     }
 
     pub(crate) fn next_rank(&mut self) -> u64 {
