@@ -14,7 +14,7 @@ use crate::host::{HostSpec, HostState};
 use crate::ids::{HostId, JobId, TaskId, TeamId};
 use crate::job::{Constraint, JobSpec, Tier};
 use crate::market::{Ie, Market, PoolIdx};
-use crate::place::index::{HAS_FLEX, HostIdx, HostIndex, NO_FLEX};
+use crate::place::index::{HostIdx, HostIndex, part_of};
 use crate::place::reason::PendingReasons;
 use crate::preempt::task_ie;
 use crate::queue::JobQueue;
@@ -88,13 +88,9 @@ impl Host {
         self.reclaiming
     }
 
-    /// The host-index partition: with or without flex work.
+    /// The host-index partition: its pool, with or without flex work.
     pub(crate) fn index_part(&self) -> usize {
-        if self.n_flex_tasks > 0 {
-            HAS_FLEX
-        } else {
-            NO_FLEX
-        }
+        part_of(self.pool, self.n_flex_tasks > 0)
     }
 
     pub(crate) fn has_gpus(&self) -> bool {

@@ -328,18 +328,17 @@ impl Market {
         }
     }
 
-    /// True if some pool has a host without flex work that flex work may
-    /// lease now. When false, a flex search need not visit such hosts.
-    pub(crate) fn can_lease_new_host(&self) -> bool {
-        self.pools.iter().any(|p| {
-            let has_unleased = p.n_hosts > p.n_leased_hosts;
-            match (p.supply, p.min_host_ie) {
-                _ if !has_unleased => false,
-                (None, _) => true,
-                (Some(supply), Some(min_ie)) => p.leased <= supply && p.leased + min_ie <= supply,
-                (Some(_), None) => false,
-            }
-        })
+    /// True if flex work may lease some host of this pool that carries no
+    /// flex work now. When false, a flex search need not visit such hosts.
+    pub(crate) fn can_lease_in(&self, pool: PoolIdx) -> bool {
+        let Some(p) = self.pools.get(pool as usize) else {
+            return true;
+        };
+        match (p.supply, p.min_host_ie) {
+            (None, _) => true,
+            (Some(supply), Some(min_ie)) => p.leased <= supply && p.leased + min_ie <= supply,
+            (Some(_), None) => false,
+        }
     }
 
     /// The figures the ledger integrates for one pool.

@@ -59,19 +59,26 @@ impl Sets {
     }
 }
 
-/// Hosts without flex work (partition 0) and with it (partition 1). Flex
-/// tasks in a market whose pools cannot lease another host may only go to
-/// hosts that already carry flex work, so a search can skip partition 0
-/// entirely instead of rejecting thousands of empty hosts one by one.
+/// Hosts are partitioned by pool and by whether they carry flex work:
+/// partition `2 × pool + HAS_FLEX`. Flex tasks may only go to hosts that
+/// already carry flex work in a pool that cannot lease another host, so a
+/// search leaves that pool's other partition out entirely instead of
+/// rejecting its empty hosts one by one.
 pub(crate) const NO_FLEX: usize = 0;
 /// See [`NO_FLEX`].
 pub(crate) const HAS_FLEX: usize = 1;
 
+/// The partition of a host in `pool`, with or without flex work.
+pub(crate) fn part_of(pool: u32, has_flex: bool) -> usize {
+    2 * pool as usize + if has_flex { HAS_FLEX } else { NO_FLEX }
+}
+
 /// Active hosts ordered by free CPU, free memory and (GPU hosts only) free
-/// GPUs, in two partitions: hosts without and with flex work.
+/// GPUs, in partitions by pool and flex work (see [`part_of`]).
 #[derive(Debug, Default)]
 pub(crate) struct HostIndex {
-    parts: [Sets; 2],
+    parts: Vec<Sets>,
+    n_hosts: usize,
 }
 
 impl HostIndex {
@@ -84,12 +91,16 @@ impl HostIndex {
         has_gpus: bool,
         part: usize,
     ) {
+        if self.parts.len() <= part {
+            self.parts.resize_with(part + 1, Sets::default);
+        }
         let p = &mut self.parts[part];
         p.by_cpu.insert((free.cpu_millis, rank, host_idx));
         p.by_memory.insert((free.memory_mib, rank, host_idx));
         if has_gpus {
             p.by_gpu.insert((free.gpus, rank, host_idx));
         }
+        self.n_hosts += 1;
     }
 
     /// Removes a host whose free capacity was `free` from partition `part`.
@@ -111,6 +122,7 @@ impl HostIndex {
         if has_gpus {
             p.by_gpu.remove(&(free.gpus, rank, host_idx));
         }
+        self.n_hosts -= 1;
     }
 
     /// Moves a host from (`old_part`, `old_free`) to (`new_part`, `new_free`),
@@ -160,80 +172,78 @@ impl HostIndex {
 
     /// Number of indexed (active) hosts.
     pub(crate) fn len(&self) -> usize {
-        self.parts[NO_FLEX].by_cpu.len() + self.parts[HAS_FLEX].by_cpu.len()
+        self.n_hosts
+    }
+
+    /// Number of partitions (some may be empty).
+    pub(crate) fn n_parts(&self) -> usize {
+        self.parts.len()
     }
 
     /// Number of indexed hosts in one partition.
     pub(crate) fn len_part(&self, part: usize) -> usize {
-        self.parts[part].by_cpu.len()
+        self.parts.get(part).map_or(0, |p| p.by_cpu.len())
     }
 
     /// Hosts with at least `min_free` free in `dim`, from the partitions
-    /// marked in `parts`, merged in key order: tightest first (ascending free)
-    /// or loosest first (descending).
+    /// `include` accepts, merged in key order: tightest first (ascending
+    /// free) or loosest first (descending).
     pub(crate) fn candidates(
         &self,
         dim: IndexDim,
         min_free: u64,
         loosest_first: bool,
-        parts: [bool; 2],
-    ) -> Box<dyn Iterator<Item = HostIdx> + '_> {
-        let range = |part: usize| {
-            self.parts[part]
-                .set(dim)
-                .range((Bound::Included((min_free, 0, 0)), Bound::Unbounded))
-        };
-        match (parts[NO_FLEX], parts[HAS_FLEX], loosest_first) {
-            (true, true, false) => Box::new(Merge::new(range(NO_FLEX), range(HAS_FLEX), false)),
-            (true, true, true) => Box::new(Merge::new(
-                range(NO_FLEX).rev(),
-                range(HAS_FLEX).rev(),
-                true,
-            )),
-            (only_no_flex, _, loosest) => {
-                let part = if only_no_flex { NO_FLEX } else { HAS_FLEX };
-                if !parts[part] {
-                    return Box::new(std::iter::empty());
-                }
-                if loosest {
-                    Box::new(range(part).rev().map(|k| k.2))
+        include: impl Fn(usize) -> bool,
+    ) -> impl Iterator<Item = HostIdx> + '_ {
+        let heads: Vec<Head<'_>> = (0..self.parts.len())
+            .filter(|&p| include(p) && !self.parts[p].set(dim).is_empty())
+            .map(|p| {
+                let range = self.parts[p]
+                    .set(dim)
+                    .range((Bound::Included((min_free, 0, 0)), Bound::Unbounded));
+                let it: Box<dyn Iterator<Item = &Key> + '_> = if loosest_first {
+                    Box::new(range.rev())
                 } else {
-                    Box::new(range(part).map(|k| k.2))
-                }
-            }
+                    Box::new(range)
+                };
+                it.peekable()
+            })
+            .collect();
+        Merge {
+            heads,
+            desc: loosest_first,
         }
     }
 }
 
-/// Merges two key-ordered iterators (ascending, or descending if `desc`).
-struct Merge<'a, A: Iterator<Item = &'a Key>, B: Iterator<Item = &'a Key>> {
-    a: std::iter::Peekable<A>,
-    b: std::iter::Peekable<B>,
+type Head<'a> = std::iter::Peekable<Box<dyn Iterator<Item = &'a Key> + 'a>>;
+
+/// Merges key-ordered iterators (ascending, or descending if `desc`). A
+/// linear scan over the heads: there are at most two per pool.
+struct Merge<'a> {
+    heads: Vec<Head<'a>>,
     desc: bool,
 }
 
-impl<'a, A: Iterator<Item = &'a Key>, B: Iterator<Item = &'a Key>> Merge<'a, A, B> {
-    fn new(a: A, b: B, desc: bool) -> Self {
-        Merge {
-            a: a.peekable(),
-            b: b.peekable(),
-            desc,
-        }
-    }
-}
-
-impl<'a, A: Iterator<Item = &'a Key>, B: Iterator<Item = &'a Key>> Iterator for Merge<'a, A, B> {
+impl Iterator for Merge<'_> {
     type Item = HostIdx;
 
     fn next(&mut self) -> Option<HostIdx> {
-        let take_a = match (self.a.peek(), self.b.peek()) {
-            (Some(a), Some(b)) => (a < b) != self.desc,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        let key = if take_a { self.a.next() } else { self.b.next() };
-        key.map(|k| k.2)
+        let desc = self.desc;
+        let mut best: Option<(usize, Key)> = None;
+        for (i, head) in self.heads.iter_mut().enumerate() {
+            if let Some(&&k) = head.peek() {
+                let better = match best {
+                    None => true,
+                    Some((_, b)) => (k < b) != desc,
+                };
+                if better {
+                    best = Some((i, k));
+                }
+            }
+        }
+        let (i, _) = best?;
+        self.heads[i].next().map(|k| k.2)
     }
 }
 
@@ -247,20 +257,32 @@ mod tests {
         let free = |cpu| Resources::cpu_mem(cpu, 1024);
         idx.insert(0, 0, &free(4000), false, NO_FLEX);
         idx.insert(1, 1, &free(2000), false, HAS_FLEX);
-        idx.insert(2, 2, &free(3000), false, NO_FLEX);
+        idx.insert(2, 2, &free(3000), false, part_of(1, false));
         idx.insert(3, 3, &free(1000), false, HAS_FLEX);
-        let walk = |idx: &HostIndex, min, loosest, parts| {
-            idx.candidates(IndexDim::Cpu, min, loosest, parts)
+        let walk = |idx: &HostIndex, min, loosest, skip: usize| {
+            idx.candidates(IndexDim::Cpu, min, loosest, |p| p != skip)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(walk(&idx, 1500, false, [true, true]), vec![1, 2, 0]);
-        assert_eq!(walk(&idx, 0, true, [true, true]), vec![0, 2, 1, 3]);
-        assert_eq!(walk(&idx, 0, false, [false, true]), vec![3, 1]);
-        assert_eq!(walk(&idx, 0, true, [true, false]), vec![0, 2]);
-        assert!(walk(&idx, 0, false, [false, false]).is_empty());
+        assert_eq!(walk(&idx, 1500, false, usize::MAX), vec![1, 2, 0]);
+        assert_eq!(walk(&idx, 0, true, usize::MAX), vec![0, 2, 1, 3]);
+        assert_eq!(walk(&idx, 0, false, NO_FLEX), vec![3, 1, 2]);
+        assert_eq!(walk(&idx, 0, true, HAS_FLEX), vec![0, 2]);
+        assert!(
+            idx.candidates(IndexDim::Cpu, 0, false, |_| false)
+                .next()
+                .is_none()
+        );
         // A host gaining flex work moves partitions.
-        idx.update(2, 2, NO_FLEX, &free(3000), HAS_FLEX, &free(2500), false);
-        assert_eq!(walk(&idx, 0, false, [false, true]), vec![3, 1, 2]);
-        assert_eq!((idx.len(), idx.len_part(NO_FLEX)), (4, 1));
+        idx.update(
+            2,
+            2,
+            part_of(1, false),
+            &free(3000),
+            part_of(1, true),
+            &free(2500),
+            false,
+        );
+        assert_eq!(walk(&idx, 0, false, NO_FLEX), vec![3, 1, 2]);
+        assert_eq!((idx.len(), idx.len_part(NO_FLEX), idx.n_parts()), (4, 1, 4));
     }
 }

@@ -20,12 +20,13 @@ mod testkit;
 
 use crate::config::{SearchOrder, TierPolicy};
 use crate::job::Tier;
+use crate::market::PoolIdx;
 use crate::market::PoolSupplyChecker;
 use crate::place::check::{
     AttributeChecker, FeasibilityChecker, GpuModelChecker, HostStateChecker, ResourceFitChecker,
     UniqueHostChecker, ZoneBalanceChecker,
 };
-use crate::place::index::{HAS_FLEX, HostIdx, IndexDim, NO_FLEX};
+use crate::place::index::{HostIdx, IndexDim, NO_FLEX};
 use crate::place::reason::{PendingReasons, Reason};
 use crate::state::{Job, State};
 
@@ -134,11 +135,17 @@ impl Pipeline {
         let mut n_feasible = 0u32;
         let mut n_examined = 0u32;
         let mut rejected: Vec<(Reason, u32)> = Vec::new();
-        // Flex work goes only to hosts already carrying flex work when no
-        // market pool can lease another host: skip the others wholesale.
-        let skip_unleased = job.spec.tier == Tier::Flex && !state.market.can_lease_new_host();
-        let parts = [!skip_unleased, true];
-        for host_idx in state.index.candidates(dim, min_free, loosest_first, parts) {
+        // Flex work goes only to hosts already carrying flex work in a pool
+        // that cannot lease another host: skip that pool's other hosts wholesale.
+        let skips = |part: usize| {
+            job.spec.tier == Tier::Flex
+                && part % 2 == NO_FLEX
+                && !state.market.can_lease_in((part / 2) as PoolIdx)
+        };
+        for host_idx in state
+            .index
+            .candidates(dim, min_free, loosest_first, |p| !skips(p))
+        {
             n_examined += 1;
             match self.check(state, job, host_idx) {
                 Ok(()) => {
@@ -166,16 +173,14 @@ impl Pipeline {
         }
         // Nothing fit: every active host outside the walked range lacked room
         // in the index dimension; draining hosts accept nothing.
-        let walked = if skip_unleased {
-            let n_skipped = state.index.len_part(NO_FLEX) as u32;
-            if n_skipped > 0 {
-                rejected.push((Reason::PoolSupply, n_skipped));
-            }
-            state.index.len_part(HAS_FLEX) as u32
-        } else {
-            state.index.len() as u32
-        };
-        let n_outside = walked - n_examined;
+        let n_skipped: u32 = (0..state.index.n_parts())
+            .filter(|&p| skips(p))
+            .map(|p| state.index.len_part(p) as u32)
+            .sum();
+        if n_skipped > 0 {
+            rejected.push((Reason::PoolSupply, n_skipped));
+        }
+        let n_outside = state.index.len() as u32 - n_skipped - n_examined;
         if n_outside > 0 {
             rejected.push((Reason::Insufficient(dim.dim()), n_outside));
         }

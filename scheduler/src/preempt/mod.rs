@@ -363,7 +363,7 @@ pub(crate) fn plan_critical(
         let mut waits_for: Option<HostIdx> = None;
         for h in state
             .index
-            .candidates(crate::place::index::IndexDim::Cpu, 0, false, [true, true])
+            .candidates(crate::place::index::IndexDim::Cpu, 0, false, |_| true)
         {
             if pipeline.check_placement_constraints(state, job, h).is_err() {
                 continue;
