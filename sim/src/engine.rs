@@ -524,24 +524,13 @@ impl<'a> Sim<'a> {
         let ran = self.now - t.run_start;
         let j = task.job.0 as usize;
         let cpus = self.jobs[j].spec.request.cpu_millis as f64 / 1000.0;
-        let ckpt = self.jobs[j].spec.checkpoint_interval.map(|d| d.as_millis());
         if failed {
             self.core
                 .handle_task_failed(now, task)
                 .with_context(|| format!("task {task} failed"))?;
-            let saved = ckpt.map_or(0, |c| ran / c * c);
-            let state = self.core.task(task).map(|v| v.state);
-            let t = &mut self.tasks[f];
-            t.done_ms += saved;
-            let requeued = matches!(state, Some(TaskState::Pending));
-            t.phase = if requeued {
-                Phase::Pending
-            } else {
-                Phase::Done
-            };
+            let (lost_cpu_h, state) = self.settle_run(f, task, ran);
             let n = self.jobs[j].spec.n_tasks;
-            self.metrics
-                .on_failed(j, self.now, cpus * (ran - saved) as f64 / 3.6e6, &state, n);
+            self.metrics.on_failed(j, self.now, lost_cpu_h, &state, n);
         } else {
             self.core
                 .handle_task_finished(now, task)
@@ -603,22 +592,32 @@ impl<'a> Sim<'a> {
             .handle_task_stopped(self.ts(), task)
             .with_context(|| format!("task {task} stopped"))?;
         let j = task.job.0 as usize;
-        let cpus = self.jobs[j].spec.request.cpu_millis as f64 / 1000.0;
-        let ckpt = self.jobs[j].spec.checkpoint_interval.map(|d| d.as_millis());
-        let saved = ckpt.map_or(0, |c| ran / c * c);
+        let (lost_cpu_h, state) = self.settle_run(f, task, ran);
+        let n = self.jobs[j].spec.n_tasks;
+        self.metrics.on_stopped(j, self.now, lost_cpu_h, &state, n);
+        Ok(())
+    }
+
+    /// After the core has been told a run ended without finishing (failed
+    /// or stopped): banks the progress saved by checkpoints, follows the
+    /// core's verdict (requeued or done) and returns the CPU-hours lost with
+    /// the task's new state.
+    fn settle_run(&mut self, f: usize, task: TaskId, ran: u64) -> (f64, Option<TaskState>) {
+        let spec = &self.jobs[task.job.0 as usize].spec;
+        let cpus = spec.request.cpu_millis as f64 / 1000.0;
+        let saved = spec
+            .checkpoint_interval
+            .map(|d| d.as_millis())
+            .map_or(0, |c| ran / c * c);
         let state = self.core.task(task).map(|v| v.state);
         let t = &mut self.tasks[f];
         t.done_ms = (t.done_ms + saved).min(t.work_ms);
-        let requeued = matches!(state, Some(TaskState::Pending));
-        t.phase = if requeued {
+        t.phase = if matches!(state, Some(TaskState::Pending)) {
             Phase::Pending
         } else {
             Phase::Done
         };
-        let n = self.jobs[j].spec.n_tasks;
-        self.metrics
-            .on_stopped(j, self.now, cpus * (ran - saved) as f64 / 3.6e6, &state, n);
-        Ok(())
+        (cpus * (ran - saved) as f64 / 3.6e6, state)
     }
 
     fn sample(&mut self) {
