@@ -23,6 +23,52 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("plotting: {e}")
 }
 
+type Root<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type TimeChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A white canvas at `path` for one run plot.
+fn canvas(path: &Path) -> Result<Root<'_>> {
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    Ok(root)
+}
+
+/// The frame every run plot shares: "scenario / policy — title", hours on x
+/// from 0 to the run's end, `y_desc` on y from 0 to `y_max`.
+fn time_chart<'a, 'b>(
+    root: &'a Root<'b>,
+    out: &Outcome,
+    title: &str,
+    y_desc: &str,
+    y_max: f64,
+) -> Result<TimeChart<'a, 'b>> {
+    let t_max = out.summary.duration_h.max(1e-9);
+    let mut chart = ChartBuilder::on(root)
+        .caption(
+            format!(
+                "{} / {} — {title}",
+                out.summary.scenario, out.summary.policy
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("hours")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
 /// Fleet-wide (all market-managed pools) streaming, headroom, leased and
 /// idle IE per sample, stacked: the top of the stack is the reserved IE.
 fn capacity(out: &Outcome, path: &Path) -> Result<()> {
@@ -45,33 +91,19 @@ fn capacity(out: &Outcome, path: &Path) -> Result<()> {
         ("headroom", RGBColor(255, 165, 0)),
         ("streaming", RGBColor(65, 105, 225)),
     ];
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let t_max = out.summary.duration_h.max(1e-9);
+    let root = canvas(path)?;
     let y_max = rows
         .iter()
         .map(|(_, p)| p.iter().sum::<f64>())
         .fold(1.0, f64::max)
         * 1.05;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{} / {} — capacity in instance equivalents (all market pools)",
-                out.summary.scenario, out.summary.policy
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("hours")
-        .y_desc("IE")
-        .draw()
-        .map_err(err)?;
+    let mut chart = time_chart(
+        &root,
+        out,
+        "capacity in instance equivalents (all market pools)",
+        "IE",
+        y_max,
+    )?;
     // Draw the tallest cumulative layer first so lower layers paint over it.
     for (k, &(label, color)) in layers.iter().enumerate() {
         let upto = 4 - k; // idle: all four; streaming: only itself
@@ -96,34 +128,14 @@ fn capacity(out: &Outcome, path: &Path) -> Result<()> {
 }
 
 fn queue(out: &Outcome, path: &Path) -> Result<()> {
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let t_max = out.summary.duration_h.max(1e-9);
+    let root = canvas(path)?;
     let y_max = out
         .fleet_series
         .iter()
         .map(|s| s.queue_depth.max(s.tasks_placed) as f64)
         .fold(1.0, f64::max)
         * 1.05;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{} / {} — queued and placed tasks",
-                out.summary.scenario, out.summary.policy
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("hours")
-        .y_desc("tasks")
-        .draw()
-        .map_err(err)?;
+    let mut chart = time_chart(&root, out, "queued and placed tasks", "tasks", y_max)?;
     let queued = out
         .fleet_series
         .iter()
@@ -153,8 +165,7 @@ fn queue(out: &Outcome, path: &Path) -> Result<()> {
 }
 
 fn preemptions(out: &Outcome, path: &Path) -> Result<()> {
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    let root = canvas(path)?;
     let t_max = out.summary.duration_h.max(1e-9);
     let y_max = out
         .fleet_series
@@ -162,25 +173,11 @@ fn preemptions(out: &Outcome, path: &Path) -> Result<()> {
         .map(|s| f64::from(s.preemptions))
         .fold(1.0, f64::max)
         * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{} / {} — preemptions per sample interval ({} total)",
-                out.summary.scenario, out.summary.policy, out.summary.n_preemptions
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("hours")
-        .y_desc("preemptions")
-        .draw()
-        .map_err(err)?;
+    let title = format!(
+        "preemptions per sample interval ({} total)",
+        out.summary.n_preemptions
+    );
+    let mut chart = time_chart(&root, out, &title, "preemptions", y_max)?;
     let step = out
         .fleet_series
         .get(1)
