@@ -257,13 +257,6 @@ impl Run {
                 .or_default()
                 .push((now, p.over_budget));
         }
-        if std::env::var_os("EBB_DEBUG_PROPS").is_some() && !preemptions.is_empty() {
-            eprintln!(
-                "t={now} preempted {} (over budget {})",
-                preemptions.len(),
-                preemptions.iter().filter(|p| p.over_budget).count()
-            );
-        }
         self.check_reclaim();
         self.check_budgets();
         self.check_hosts();
