@@ -14,7 +14,7 @@
 //! events-per-second figure, which are reported but never hashed.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::demand::{self, DemandSeries};
+use crate::executors::Executors;
 use crate::market::MarketLink;
 use crate::metrics::{FleetSample, JobRow, Metrics, PoolSample, Summary};
 use crate::scenario::Scenario;
@@ -38,8 +39,35 @@ pub struct RunOptions {
     pub seed: u64,
     /// Policy name (scenario-defined or built-in).
     pub policy: String,
-    /// Show a progress bar (drawn on stderr, only when stdout and stderr are terminals).
-    pub progress: bool,
+    /// Where progress is shown.
+    pub progress: Progress,
+    /// For tests of the conservation checks only: the simulated executors'
+    /// bookkeeping forgets the n-th run that ends (1-based), as a buggy
+    /// executor would, so the checks must catch the disagreement.
+    #[doc(hidden)]
+    pub corrupt_executor_view: Option<u64>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            seed: 1,
+            policy: "binpack".into(),
+            progress: Progress::Hidden,
+            corrupt_executor_view: None,
+        }
+    }
+}
+
+/// Progress output of a run, in simulated hours.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// None.
+    Hidden,
+    /// A bar on stderr, only when stdout and stderr are terminals.
+    Terminal,
+    /// Advance this shared bar by the simulated hours (a sweep's bar).
+    Shared(ProgressBar),
 }
 
 /// Everything a run produces.
@@ -86,6 +114,8 @@ struct SimTask {
     phase: Phase,
     /// Pool of the host of the current run.
     pool: u16,
+    /// Host (executor index) of the current run.
+    host: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -166,13 +196,18 @@ struct Sim<'a> {
     /// Flat index of each job's task 0.
     job_base: Vec<usize>,
     tasks: Vec<SimTask>,
-    host_pool: HashMap<HostId, u16>,
+    /// The simulated executors' own view of what runs where.
+    exec: Executors,
     demand: Vec<DemandSeries>,
     market: MarketLink,
     metrics: Metrics,
     trace: Sha256,
     timeout_round_at: Option<u64>,
     progress: ProgressBar,
+    /// Simulated hours already reported to the progress bar.
+    progress_h: u64,
+    /// The bar is this run's own (not a sweep's), so the run clears it.
+    own_bar: bool,
     n_events: u64,
 }
 
@@ -196,26 +231,39 @@ impl<'a> Sim<'a> {
                 attempt: 0,
                 phase: Phase::Pending,
                 pool: 0,
+                host: 0,
             }));
         }
-        let draw = if opts.progress
-            && std::io::stdout().is_terminal()
-            && std::io::stderr().is_terminal()
-        {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
+        let progress = match &opts.progress {
+            Progress::Shared(bar) => bar.clone(),
+            Progress::Hidden => ProgressBar::hidden(),
+            Progress::Terminal => {
+                let draw = if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+                    ProgressDrawTarget::stderr()
+                } else {
+                    ProgressDrawTarget::hidden()
+                };
+                let bar = ProgressBar::with_draw_target(Some(hours_up(sc.sim.duration.0)), draw);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} simulated {pos}/{len} h [{bar:40}] {percent}% eta {eta} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar
+            }
         };
-        let progress = ProgressBar::with_draw_target(Some(sc.sim.duration.0 / 1000), draw);
-        progress.set_style(
-            ProgressStyle::with_template(
-                "{spinner} simulated {pos}/{len} s [{bar:40}] {percent}% eta {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        let metrics = Metrics::new(sc, &jobs, opts);
+        let mut metrics = Metrics::new(sc, &jobs, opts);
         let market = MarketLink::new(sc);
+        let grace_ms = core.config().market.preempt_grace.as_millis() + sc.sim.round_interval.0;
+        metrics.grace_ms = grace_ms;
+        let exec = Executors::new(
+            market.managed(),
+            &market.reserved_micro(sc, core.catalog()),
+            grace_ms,
+            opts.corrupt_executor_view,
+        );
         Ok(Sim {
             sc,
             seed: opts.seed,
@@ -226,13 +274,15 @@ impl<'a> Sim<'a> {
             jobs,
             job_base,
             tasks,
-            host_pool: HashMap::new(),
+            exec,
             demand,
             market,
             metrics,
             trace: Sha256::new(),
             timeout_round_at: None,
             progress,
+            progress_h: 0,
+            own_bar: !matches!(opts.progress, Progress::Shared(_)),
             n_events: 0,
         })
     }
@@ -283,12 +333,19 @@ impl<'a> Sim<'a> {
                     self.core
                         .handle_host_added(self.ts(), spec)
                         .with_context(|| format!("adding host {id} of pool {}", p.id))?;
-                    self.host_pool.insert(id, pool_idx as u16);
+                    let ie = self
+                        .core
+                        .catalog()
+                        .ie_of(&tc.instance_type)
+                        .map_or(0, |ie| ie.as_micro());
+                    self.exec
+                        .add_host(id, pool_idx as u16, ie, capacity.clone());
                     capacities.push(capacity.clone());
                 }
             }
         }
         self.metrics.set_host_capacities(capacities);
+        self.refresh_market();
         for i in 0..self.jobs.len() {
             self.push(self.jobs[i].submit_ms, Ev::Submit(i as u32));
         }
@@ -346,15 +403,44 @@ impl<'a> Sim<'a> {
             self.now = e.time;
             self.n_events += 1;
             if self.n_events.is_multiple_of(65_536) {
-                self.progress.set_position(self.now / 1000);
+                self.advance_progress();
             }
             self.dispatch(e.ev)?;
         }
         self.now = end;
         self.metrics.wall_s = wall.elapsed().as_secs_f64();
         self.metrics.n_events = self.n_events;
-        self.progress.finish_and_clear();
+        self.advance_progress();
+        if self.own_bar {
+            self.progress.finish_and_clear();
+        }
         Ok(())
+    }
+
+    /// Moves the progress bar to the whole simulated hours done (the last,
+    /// partial hour counts when the run ends: the bar's length rounds up).
+    fn advance_progress(&mut self) {
+        let end = self.sc.sim.duration.0;
+        let done_h = if self.now >= end {
+            hours_up(end)
+        } else {
+            self.now / 3_600_000
+        };
+        if done_h > self.progress_h {
+            self.progress.inc(done_h - self.progress_h);
+            self.progress_h = done_h;
+        }
+    }
+
+    /// Hands the core's market figures of every pool to the executors' books
+    /// (after a market input: supply moves only then).
+    fn refresh_market(&mut self) {
+        for (i, v) in self.market.raw_statuses(&self.core).into_iter().enumerate() {
+            if let Some((streaming, headroom, supply)) = v {
+                self.exec
+                    .set_market(self.now, i, streaming, headroom, supply);
+            }
+        }
     }
 
     fn dispatch(&mut self, ev: Ev) -> Result<()> {
@@ -381,11 +467,13 @@ impl<'a> Sim<'a> {
                 let s = &self.demand[series as usize];
                 let (pool, ie) = (s.pool_idx, s.points[point as usize].1);
                 self.market.set_demand(&mut self.core, now, pool, ie)?;
+                self.refresh_market();
             }
             Ev::Failover { region, active } => {
                 let name = self.sc.fleet.regions[region as usize].name.clone();
                 self.market
                     .set_failover(&mut self.core, now, &name, active)?;
+                self.refresh_market();
             }
             Ev::Started { task, attempt } => self.on_started(task, attempt)?,
             Ev::Exit {
@@ -430,8 +518,6 @@ impl<'a> Sim<'a> {
             hash_task(&mut self.trace, *task);
         }
         self.drain_actions();
-        let pools = self.market.statuses(&self.core);
-        self.metrics.on_round(&pools);
         if let Some(t) = self.core.poll_timeout().map(Timestamp::as_millis)
             && t > self.now
             && self.timeout_round_at.is_none_or(|pending| t < pending)
@@ -463,17 +549,24 @@ impl<'a> Sim<'a> {
         hash_task(&mut self.trace, task);
         self.trace.update(host.as_str().as_bytes());
         self.trace.update([0]);
-        let pool = self.host_pool[host];
+        let h = self
+            .exec
+            .host_idx(host)
+            .expect("the core launches on known hosts");
+        let pool = self.exec.pool_of(h);
+        let spec = &self.jobs[task.job.0 as usize].spec;
+        self.exec
+            .launch(self.now, h, task, spec.tier, &spec.request);
         let f = self.flat(task);
         let t = &mut self.tasks[f];
         t.attempt += 1;
         t.phase = Phase::Launching;
         t.run_start = NOT_STARTED;
         t.pool = pool;
+        t.host = h;
         let attempt = t.attempt;
         let latency = {
-            let u = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 1);
-            let mut rng = rand::SeedableRng::seed_from_u64(u.to_bits());
+            let mut rng = crate::rng::for_run(self.seed, task.job.0, task.index, attempt, 1);
             workload::draw(&self.sc.sim.launch_latency, &mut rng, 0)
         };
         self.metrics.on_launch(task.job.0 as usize, self.now);
@@ -524,6 +617,7 @@ impl<'a> Sim<'a> {
         let ran = self.now - t.run_start;
         let j = task.job.0 as usize;
         let cpus = self.jobs[j].spec.request.cpu_millis as f64 / 1000.0;
+        self.exec.release(self.now, t.host, task);
         if failed {
             self.core
                 .handle_task_failed(now, task)
@@ -588,6 +682,7 @@ impl<'a> Sim<'a> {
         } else {
             self.now - t.run_start
         };
+        self.exec.release(self.now, t.host, task);
         self.core
             .handle_task_stopped(self.ts(), task)
             .with_context(|| format!("task {task} stopped"))?;
@@ -621,6 +716,10 @@ impl<'a> Sim<'a> {
     }
 
     fn sample(&mut self) {
+        let errors = self
+            .exec
+            .check_against_core(self.now, &self.core, self.market.ids());
+        self.metrics.on_conservation_errors(errors);
         let pools = self.market.statuses(&self.core);
         let totals = self.core.totals();
         let n_hosts_used = self.core.hosts().filter(|h| !h.tasks().is_empty()).count() as u32;
@@ -635,14 +734,25 @@ impl<'a> Sim<'a> {
             self.metrics.pool_totals = Some(self.core.pool_totals(end));
         }
         self.metrics.ledger = self.core.ledger(end);
+        let errors = self
+            .exec
+            .check_against_core(self.now, &self.core, self.market.ids());
+        self.metrics.on_conservation_errors(errors);
+        self.metrics.pool_books = self.exec.finish(self.now);
+        self.metrics.exec_runs_per_job = self.exec.runs_per_job();
         // Conservation: the core and the simulated executors agree on every job.
         for (j, job) in self.jobs.iter().enumerate() {
             let c = self.core.job_counts(JobId(j as u64));
-            self.metrics.check_job(j, job, c);
+            self.metrics.check_job(j, job, c, job.submit_ms <= self.now);
         }
         self.metrics
             .finish(self.sc, &self.jobs, trace_hash, self.now)
     }
+}
+
+/// Hours in `ms`, rounded up: the progress bar's length.
+fn hours_up(ms: u64) -> u64 {
+    ms.div_ceil(3_600_000)
 }
 
 fn hash_task(h: &mut Sha256, t: TaskId) {

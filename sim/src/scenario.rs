@@ -191,12 +191,45 @@ pub struct DemandSpec {
     /// Relative Gaussian noise per report (0.02 = 2%).
     #[serde(default)]
     pub noise: f64,
-    /// `csv`: path of a `time_s,value` file, relative to the scenario file.
+    /// `csv`: path of the file, relative to the scenario file.
     #[serde(default)]
     pub file: Option<String>,
     /// `csv`: the file's time that maps to simulation time zero.
     #[serde(default)]
     pub shift: Dur,
+    /// `csv`: header of the time column.
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    /// `csv`: what one unit of the time column is (`"1s"`, `"1m"`, `"5m"`).
+    #[serde(default = "default_time_unit")]
+    pub time_unit: Dur,
+    /// `csv`: header of the demand column.
+    #[serde(default = "default_value_column")]
+    pub value_column: String,
+    /// `csv`: how values map onto `[trough_ie, peak_ie]`.
+    #[serde(default)]
+    pub value_scale: ValueScale,
+}
+
+fn default_time_column() -> String {
+    "time_s".into()
+}
+fn default_time_unit() -> Dur {
+    Dur::secs(1)
+}
+fn default_value_column() -> String {
+    "value".into()
+}
+
+/// How a CSV curve's values become demand.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueScale {
+    /// The file's minimum maps to `trough_ie` and its maximum to `peak_ie`.
+    #[default]
+    MinMax,
+    /// Values are fractions in `[0, 1]`: 0 is `trough_ie`, 1 is `peak_ie`.
+    Fraction,
 }
 
 fn default_peak_hour() -> f64 {
@@ -418,13 +451,24 @@ impl Scenario {
 
     /// Parses and validates scenario text (relative paths resolve against `.`).
     pub fn parse(text: &str) -> Result<Scenario> {
-        let sc: Scenario = toml::from_str(text).context("parsing TOML")?;
+        let de = toml::Deserializer::parse(text).context("parsing TOML")?;
+        // `deny_unknown_fields` covers the simulator's own tables; the core's
+        // config types embedded here (`[teams.*]`) ignore unknown keys, so
+        // every key serde skipped anywhere in the file is an error too.
+        let mut unknown = Vec::new();
+        let sc: Scenario = serde_ignored::deserialize(de, |path| unknown.push(dotted(&path)))
+            .context("parsing TOML")?;
+        if let Some(path) = unknown.first() {
+            let hint = known_keys_at::<TeamConfig>(path, "teams", 2);
+            bail!("unknown key `{path}`{hint}");
+        }
         sc.validate()?;
         Ok(sc)
     }
 
     fn validate(&self) -> Result<()> {
         ensure!(!self.name.trim().is_empty(), "`name` must not be empty");
+        self.validate_core_tables()?;
         let s = &self.sim;
         ensure!(s.duration.0 > 0, "`sim.duration` must be greater than zero");
         ensure!(
@@ -461,7 +505,7 @@ impl Scenario {
             !self.fleet.pools.is_empty(),
             "`fleet.pools` must list at least one pool"
         );
-        let catalog = ebb_scheduler::Catalog::builtin();
+        let catalog = self.catalog()?;
         let mut pools = BTreeMap::new();
         for (i, p) in self.fleet.pools.iter().enumerate() {
             let at = format!("`fleet.pools[{i}]` ({})", p.id);
@@ -514,6 +558,35 @@ impl Scenario {
             }
         }
 
+        let n_hosts: u64 = self
+            .fleet
+            .pools
+            .iter()
+            .flat_map(|p| &p.hosts)
+            .map(|h| u64::from(h.count))
+            .sum();
+        ensure!(
+            n_hosts > 0,
+            "`fleet.pools[*].hosts`: no pool has executor hosts, so no batch work could ever run"
+        );
+        ensure!(
+            n_hosts <= MAX_HOSTS,
+            "`fleet.pools[*].hosts`: {n_hosts} executor hosts in all; the simulator takes at most {MAX_HOSTS}"
+        );
+        let steps = |every: Dur| s.duration.0 / every.0.max(1) + 1;
+        let n_reports = steps(s.demand_step) * self.demand.len() as u64;
+        ensure!(
+            n_reports <= MAX_PREBUILT_EVENTS,
+            "`sim.demand_step`: {n_reports} streaming-demand reports over `sim.duration` ({}); at most {MAX_PREBUILT_EVENTS}: use a longer step",
+            s.duration
+        );
+        let n_rows = steps(s.sample_interval) * self.fleet.pools.len() as u64;
+        ensure!(
+            n_rows <= MAX_PREBUILT_EVENTS,
+            "`sim.sample_interval`: {n_rows} rows of pools.csv over `sim.duration` ({}); at most {MAX_PREBUILT_EVENTS}: use a longer interval",
+            s.duration
+        );
+
         let mut seen = BTreeMap::new();
         for (i, d) in self.demand.iter().enumerate() {
             let at = format!("`demand[{i}]` (pool {})", d.pool);
@@ -544,7 +617,15 @@ impl Scenario {
             );
             match d.kind {
                 DemandKind::Csv => {
-                    ensure!(d.file.is_some(), "{at}.file is required for kind = \"csv\"")
+                    ensure!(d.file.is_some(), "{at}.file is required for kind = \"csv\"");
+                    ensure!(
+                        !d.time_column.trim().is_empty() && !d.value_column.trim().is_empty(),
+                        "{at}: `time_column` and `value_column` must not be empty"
+                    );
+                    ensure!(
+                        d.time_unit.0 > 0,
+                        "{at}.time_unit must be greater than zero"
+                    );
                 }
                 DemandKind::Diurnal => {
                     ensure!(d.file.is_none(), "{at}.file is only for kind = \"csv\"")
@@ -561,10 +642,111 @@ impl Scenario {
                 f.duration.0 > 0,
                 "`failover[{i}].duration` must be greater than zero"
             );
+            ensure!(
+                f.at < s.duration,
+                "`failover[{i}].at` ({}) is not before the run ends (`sim.duration` = {})",
+                f.at,
+                s.duration
+            );
         }
+        let mut names = BTreeMap::new();
+        let mut n_tasks = 0.0;
         for (i, w) in self.workload.iter().enumerate() {
+            if let Some(first) = names.insert(w.name.as_str(), i) {
+                bail!(
+                    "`workload[{i}].name`: `{}` is also the name of `workload[{first}]`; workload names must be unique (they name jobs and reports)",
+                    w.name
+                );
+            }
             w.validate(i, s.duration)?;
+            self.check_fits_some_host(i, w, &catalog)?;
+            n_tasks += w.expected_tasks(s.duration);
         }
+        ensure!(
+            n_tasks <= MAX_TASKS as f64,
+            "`workload`: about {n_tasks:.0} tasks expected over the run; the simulator takes at most {MAX_TASKS}"
+        );
+        Ok(())
+    }
+
+    /// The instance type catalog the core will use: the built-in one with
+    /// the scenario's `[market]` overrides.
+    pub fn catalog(&self) -> Result<ebb_scheduler::Catalog> {
+        let market: ebb_scheduler::MarketConfig =
+            ebb_scheduler::MarketConfig::deserialize(toml::Value::Table(self.market.clone()))
+                .context("`market`")?;
+        ebb_scheduler::Catalog::builtin()
+            .with_overrides(&market.catalog_overrides, &market.reference_instance_type)
+            .context("`market.catalog_overrides` / `market.reference_instance_type`")
+    }
+
+    /// `[market]` and every `[policies.*]` deserialize into the core's
+    /// types with no key left over, and the default policy exists.
+    fn validate_core_tables(&self) -> Result<()> {
+        strict::<ebb_scheduler::MarketConfig>(&self.market, "market")?;
+        for (name, table) in &self.policies {
+            strict::<SchedulerConfig>(table, &format!("policies.{name}"))?;
+        }
+        self.scheduler_config(&self.sim.policy)
+            .context("`sim.policy`")?;
+        Ok(())
+    }
+
+    /// Refuses a workload whose tasks no executor host of the fleet could
+    /// ever hold: they would wait forever and make every figure misleading.
+    fn check_fits_some_host(
+        &self,
+        i: usize,
+        w: &WorkloadSpec,
+        catalog: &ebb_scheduler::Catalog,
+    ) -> Result<()> {
+        let at = format!("`workload[{i}]` ({})", w.name);
+        let types: Vec<&ebb_scheduler::InstanceType> = self
+            .fleet
+            .pools
+            .iter()
+            .flat_map(|p| &p.hosts)
+            .filter_map(|h| catalog.get(&h.instance_type))
+            .collect();
+        if let Some(model) = &w.gpu_model {
+            let mut models: Vec<&str> = types
+                .iter()
+                .filter_map(|t| t.gpu_model.as_deref())
+                .collect();
+            models.sort_unstable();
+            models.dedup();
+            ensure!(
+                models.contains(&model.as_str()),
+                "{at}.gpu_model: no executor host in the fleet has GPU model `{model}` (the fleet has: {})",
+                if models.is_empty() {
+                    "no GPU hosts".to_string()
+                } else {
+                    models.join(", ")
+                }
+            );
+        }
+        let fits = |t: &&ebb_scheduler::InstanceType| {
+            f64::from(t.vcpus) >= w.cpus
+                && f64::from(t.memory_gib) >= w.memory_gib
+                && t.gpus >= w.gpus
+                && w.gpu_model
+                    .as_ref()
+                    .is_none_or(|m| t.gpu_model.as_ref() == Some(m))
+        };
+        ensure!(
+            types.iter().any(fits),
+            "{at}: no executor host type in the fleet can hold one task ({} vCPUs, {} GiB{}{})",
+            w.cpus,
+            w.memory_gib,
+            if w.gpus > 0 {
+                format!(", {} GPUs", w.gpus)
+            } else {
+                String::new()
+            },
+            w.gpu_model
+                .as_ref()
+                .map_or(String::new(), |m| format!(" of model {m}"))
+        );
         Ok(())
     }
 
@@ -601,6 +783,24 @@ impl Scenario {
 }
 
 impl WorkloadSpec {
+    /// Tasks this workload submits over a run of `duration`, on average.
+    pub fn expected_tasks(&self, duration: Dur) -> f64 {
+        let span_h = self.end.unwrap_or(duration).0.saturating_sub(self.start.0) as f64 / 3.6e6;
+        match self.kind {
+            WorkloadKind::SeasonDrop => f64::from(self.output_files.unwrap_or(0)),
+            WorkloadKind::Steady => {
+                self.jobs_per_hour.unwrap_or(0.0)
+                    * span_h
+                    * f64::from(self.tasks_per_job.unwrap_or(0))
+            }
+            WorkloadKind::MlTraining => {
+                self.jobs_per_day.unwrap_or(0.0) / 24.0
+                    * span_h
+                    * f64::from(self.gang_size.unwrap_or(0))
+            }
+        }
+    }
+
     fn validate(&self, i: usize, duration: Dur) -> Result<()> {
         let at = format!("`workload[{i}]` ({})", self.name);
         ensure!(
@@ -654,9 +854,46 @@ impl WorkloadSpec {
             Ok(())
         };
         let end = self.end.unwrap_or(duration);
+        ensure!(
+            end <= duration,
+            "{at}.end ({end}) is after the run ends (`sim.duration` = {duration}); jobs after the end would never be submitted"
+        );
+        let per_job_limit = ebb_scheduler::scheduler::MAX_TASKS_PER_JOB;
+        let tasks_per_job = match self.kind {
+            WorkloadKind::SeasonDrop => self
+                .output_files
+                .zip(self.episodes)
+                .map(|(f, e)| f.div_ceil(e.max(1))),
+            WorkloadKind::Steady => self.tasks_per_job,
+            WorkloadKind::MlTraining => self.gang_size,
+        };
+        if let Some(n) = tasks_per_job {
+            let field = match self.kind {
+                WorkloadKind::SeasonDrop => "output_files",
+                WorkloadKind::Steady => "tasks_per_job",
+                WorkloadKind::MlTraining => "gang_size",
+            };
+            ensure!(
+                n <= per_job_limit,
+                "{at}.{field}: {n} tasks per job; the scheduler takes at most {per_job_limit} per job"
+            );
+        }
         match self.kind {
             WorkloadKind::SeasonDrop => {
                 need(self.at.is_some(), "at")?;
+                let drop = self.at.unwrap_or_default();
+                ensure!(
+                    drop < duration,
+                    "{at}.at ({drop}) is not before the run ends (`sim.duration` = {duration}); the season would never be submitted"
+                );
+                let last = u64::from(self.episodes.unwrap_or(1).saturating_sub(1))
+                    .saturating_mul(self.episode_interval.0)
+                    .saturating_add(drop.0);
+                ensure!(
+                    last < duration.0,
+                    "{at}.episode_interval: the last episode would be submitted at {}, after the run ends (`sim.duration` = {duration})",
+                    Dur(last)
+                );
                 need(self.episodes.is_some_and(|e| e > 0), "episodes (> 0)")?;
                 need(
                     self.cpu_hours.is_some_and(|c| c.is_finite() && c > 0.0),
@@ -692,4 +929,87 @@ impl WorkloadSpec {
         }
         Ok(())
     }
+}
+
+/// Most executor hosts in one scenario: 20x the 50,000-host fleet that the
+/// largest benchmark scenario targets; beyond it setup alone takes minutes.
+pub const MAX_HOSTS: u64 = 1_000_000;
+
+/// Most tasks over one run: the simulator and the core keep about 100 bytes
+/// per task, so 20 million is about 2 GiB, within the 24 GiB machine with
+/// room for the rest; 4x the 5M-task scenario that issue 13 targets.
+pub const MAX_TASKS: u64 = 20_000_000;
+
+/// Most demand reports, or time-series rows, over one run: each is kept in
+/// memory (an event or a row of ~100 bytes), so 10 million is about 1 GiB.
+pub const MAX_PREBUILT_EVENTS: u64 = 10_000_000;
+
+/// Deserializes `table` (found at `at` in the scenario) into `T`, refusing
+/// any key that `T` would silently ignore.
+fn strict<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
+    table: &toml::Table,
+    at: &str,
+) -> Result<T> {
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
+        unknown.push(dotted(&path))
+    })
+    .with_context(|| format!("`{at}`"))?;
+    if let Some(path) = unknown.first() {
+        let hint = known_keys::<T>(path);
+        bail!("unknown key `{at}.{path}`{hint}");
+    }
+    Ok(value)
+}
+
+/// A `serde_ignored` path as the user wrote it: `teams.ml.weigth`,
+/// `workload[2].colour` (option and newtype layers are invisible in TOML).
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Map { parent, key } => {
+            let p = dotted(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// ", expected one of: a, b" listing the keys `T`'s default has at the
+/// parent of `path`, or nothing if that place is not a table of `T`'s.
+fn known_keys<T: serde::Serialize + Default>(path: &str) -> String {
+    let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(T::default()) else {
+        return String::new();
+    };
+    let mut parts: Vec<&str> = path.split('.').collect();
+    parts.pop();
+    for part in parts {
+        match table.remove(part) {
+            Some(toml::Value::Table(t)) => table = t,
+            _ => return String::new(),
+        }
+    }
+    if table.is_empty() {
+        return String::new();
+    }
+    let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    format!(" (expected one of: {})", keys.join(", "))
+}
+
+/// [`known_keys`] for a path inside a map of `T`s at `prefix`
+/// (`teams.<name>.…`): `depth` is how many segments name the entry.
+fn known_keys_at<T: serde::Serialize + Default>(path: &str, prefix: &str, depth: usize) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.first() != Some(&prefix) || parts.len() <= depth {
+        return String::new();
+    }
+    known_keys::<T>(&parts[depth..].join("."))
 }

@@ -8,10 +8,10 @@ use ebb_scheduler::{
     TeamId,
 };
 use rand::Rng;
-use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Exp, LogNormal};
 
 use crate::duration::Dur;
+use crate::rng::SimRng;
 use crate::scenario::{DistSpec, Scenario, WorkloadKind, WorkloadSpec};
 
 /// A job the simulator will submit, with the work each of its tasks needs.
@@ -109,7 +109,7 @@ fn push(
 }
 
 /// Draws one duration in milliseconds, at least `min_ms`.
-pub fn draw(d: &DistSpec, rng: &mut SmallRng, min_ms: u64) -> u64 {
+pub fn draw(d: &DistSpec, rng: &mut SimRng, min_ms: u64) -> u64 {
     let ms = match d {
         DistSpec::Fixed { value } => value.0 as f64,
         DistSpec::Uniform { min, max } => {
@@ -136,7 +136,7 @@ pub fn draw(d: &DistSpec, rng: &mut SmallRng, min_ms: u64) -> u64 {
 /// Shortest task run: a zero-length task would finish before it started.
 const MIN_TASK_MS: u64 = 1_000;
 
-fn season_drop(w: &WorkloadSpec, idx: usize, rng: &mut SmallRng, jobs: &mut Vec<SimJob>) {
+fn season_drop(w: &WorkloadSpec, idx: usize, rng: &mut SimRng, jobs: &mut Vec<SimJob>) {
     let episodes = w.episodes.expect("validated");
     let files = w.output_files.expect("validated");
     let cpu_hours = w.cpu_hours.expect("validated");
@@ -184,7 +184,7 @@ fn season_drop(w: &WorkloadSpec, idx: usize, rng: &mut SmallRng, jobs: &mut Vec<
 }
 
 /// Poisson arrivals at `per_ms` in `[start, end)`.
-fn arrivals(rng: &mut SmallRng, per_ms: f64, start: u64, end: u64) -> Vec<u64> {
+fn arrivals(rng: &mut SimRng, per_ms: f64, start: u64, end: u64) -> Vec<u64> {
     let gap = Exp::new(per_ms).expect("positive rate");
     let mut t = start as f64;
     let mut out = Vec::new();
@@ -197,7 +197,7 @@ fn arrivals(rng: &mut SmallRng, per_ms: f64, start: u64, end: u64) -> Vec<u64> {
     }
 }
 
-fn steady(sc: &Scenario, w: &WorkloadSpec, idx: usize, rng: &mut SmallRng, jobs: &mut Vec<SimJob>) {
+fn steady(sc: &Scenario, w: &WorkloadSpec, idx: usize, rng: &mut SimRng, jobs: &mut Vec<SimJob>) {
     let end = w.end.unwrap_or(sc.sim.duration).0;
     let rate = w.jobs_per_hour.expect("validated") / 3_600_000.0;
     let n = w.tasks_per_job.expect("validated");
@@ -213,7 +213,7 @@ fn ml_training(
     sc: &Scenario,
     w: &WorkloadSpec,
     idx: usize,
-    rng: &mut SmallRng,
+    rng: &mut SimRng,
     jobs: &mut Vec<SimJob>,
 ) {
     let end = w.end.unwrap_or(sc.sim.duration).0;
