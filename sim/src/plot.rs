@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn sweep_axes_zoom_only_when_differences_are_small() {
         // Harvest 40% vs 80%: from zero.
-        assert_eq!(sweep_axis(40.0, 80.0).2, false);
+        assert!(!sweep_axis(40.0, 80.0).2);
         assert_eq!(sweep_axis(40.0, 80.0).0, 0.0);
         // Goodput 10,000 vs 10,150 CPU-h: zoomed, and the differences fill the panel.
         let (y0, y1, zoomed) = sweep_axis(10_000.0, 10_150.0);
