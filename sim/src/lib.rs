@@ -18,6 +18,7 @@ pub mod demand;
 pub mod duration;
 pub mod engine;
 pub mod executors;
+pub mod faults;
 pub mod market;
 pub mod metrics;
 pub mod plot;

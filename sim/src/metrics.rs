@@ -239,6 +239,21 @@ pub struct Capacity {
     pub ledger_lost_ie_h: f64,
 }
 
+/// Executor faults and what they cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FaultFigures {
+    /// Hosts lost (random, scheduled, or with their whole pool).
+    pub n_host_losses: u64,
+    /// Host drains started.
+    pub n_host_drains: u64,
+    /// Launches that failed before the task started.
+    pub n_launch_failures: u64,
+    /// CPU-hours of work since the last checkpoint lost with lost hosts.
+    pub lost_host_cpu_h: f64,
+    /// CPU-hours spent writing and restoring checkpoints.
+    pub checkpoint_overhead_cpu_h: f64,
+}
+
 /// Hosts used versus the packing lower bound, averaged over samples.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Hosts {
@@ -308,8 +323,10 @@ pub struct Summary {
     pub lost_preempt_cpu_h: f64,
     /// Lost to preemption as % of goodput.
     pub lost_preempt_pct: f64,
-    /// CPU-hours of work lost to failed runs.
+    /// CPU-hours of work lost to failed runs (task failures and launch failures).
     pub lost_failure_cpu_h: f64,
+    /// Executor faults and checkpoint costs.
+    pub faults: FaultFigures,
     /// Preemptions (stop requests with cause preempt).
     pub n_preemptions: u64,
     /// Hours from submission to first launch, over every submitted job; jobs
@@ -384,6 +401,16 @@ pub struct Metrics {
     pool_ids: Vec<String>,
     /// Preemption grace + round interval (see [`Capacity::violation_grace_s`]), ms.
     pub grace_ms: u64,
+    /// Hosts lost (random, scheduled or pool-wide).
+    pub n_host_losses: u64,
+    /// Host drains started.
+    pub n_host_drains: u64,
+    /// Launches that failed before the task started.
+    pub n_launch_failures: u64,
+    /// CPU-hours of work lost with lost hosts.
+    pub lost_host_cpu_h: f64,
+    /// CPU-hours spent writing and restoring checkpoints.
+    pub checkpoint_overhead_cpu_h: f64,
 }
 
 impl Metrics {
@@ -423,6 +450,11 @@ impl Metrics {
             exec_runs_per_job: BTreeMap::new(),
             pool_ids: sc.fleet.pools.iter().map(|p| p.id.clone()).collect(),
             grace_ms: 0,
+            n_host_losses: 0,
+            n_host_drains: 0,
+            n_launch_failures: 0,
+            lost_host_cpu_h: 0.0,
+            checkpoint_overhead_cpu_h: 0.0,
         }
     }
 
@@ -742,6 +774,13 @@ impl Metrics {
             },
             lost_failure_cpu_h: lost_fail,
             critical_goodput_cpu_h: critical_goodput,
+            faults: FaultFigures {
+                n_host_losses: self.n_host_losses,
+                n_host_drains: self.n_host_drains,
+                n_launch_failures: self.n_launch_failures,
+                lost_host_cpu_h: self.lost_host_cpu_h,
+                checkpoint_overhead_cpu_h: self.checkpoint_overhead_cpu_h,
+            },
             n_preemptions: self.n_preemptions,
             job_wait_h: Pctl {
                 n_censored: n_never as usize,

@@ -184,6 +184,22 @@ pub fn table(s: &Summary, verbose: bool) -> String {
         format!("{:.0} CPU-h", s.lost_failure_cpu_h),
     );
     row("preemptions", s.n_preemptions.to_string());
+    let f = &s.faults;
+    if f.n_host_losses + f.n_host_drains + f.n_launch_failures > 0 {
+        row(
+            "host losses / drains / launch failures",
+            format!(
+                "{} / {} / {}; {:.0} CPU-h of work lost with lost hosts",
+                f.n_host_losses, f.n_host_drains, f.n_launch_failures, f.lost_host_cpu_h
+            ),
+        );
+    }
+    if f.checkpoint_overhead_cpu_h > 0.0 {
+        row(
+            "checkpoint write + restore time",
+            format!("{:.0} CPU-h", f.checkpoint_overhead_cpu_h),
+        );
+    }
     row("job wait p50 / p90 / p99", pctl(&s.job_wait_h));
     row("job completion p50 / p90 / p99", pctl(&s.job_completion_h));
     for season in &s.seasons {

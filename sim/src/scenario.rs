@@ -33,6 +33,9 @@ pub struct Scenario {
     /// Batch workload generators.
     #[serde(default)]
     pub workload: Vec<WorkloadSpec>,
+    /// Host failures, drains, pool-wide losses and launch failures.
+    #[serde(default)]
+    pub faults: FaultsSpec,
     /// Team shares passed to the scheduler (`[teams.encoding] weight = 2`).
     #[serde(default)]
     pub teams: BTreeMap<String, TeamConfig>,
@@ -258,6 +261,82 @@ pub struct FailoverSpec {
     pub duration: Dur,
 }
 
+/// `[faults]`: what goes wrong with executors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsSpec {
+    /// Random host failures per host per day (Poisson): the host is lost
+    /// with everything on it (`handle_host_lost`).
+    #[serde(default)]
+    pub host_failures_per_day: f64,
+    /// A failed host comes back, empty, after this; absent: never.
+    #[serde(default)]
+    pub host_repair: Option<Dur>,
+    /// Random maintenance drains per host per day (Poisson): the host takes
+    /// no new work (`handle_host_draining`) for `drain_duration`.
+    #[serde(default)]
+    pub host_drains_per_day: f64,
+    /// How long a random drain lasts.
+    #[serde(default = "default_drain_duration")]
+    pub drain_duration: Dur,
+    /// Probability that one launch fails before the task starts (image pull,
+    /// container create): reported as a task failure.
+    #[serde(default)]
+    pub launch_failure_probability: f64,
+    /// Faults at given times.
+    #[serde(default)]
+    pub scheduled: Vec<ScheduledFault>,
+}
+
+impl Default for FaultsSpec {
+    /// Nothing goes wrong.
+    fn default() -> Self {
+        FaultsSpec {
+            host_failures_per_day: 0.0,
+            host_repair: None,
+            host_drains_per_day: 0.0,
+            drain_duration: default_drain_duration(),
+            launch_failure_probability: 0.0,
+            scheduled: Vec::new(),
+        }
+    }
+}
+
+fn default_drain_duration() -> Dur {
+    // A rolling kernel or agent upgrade: about an hour per host.
+    Dur::hours(1)
+}
+
+/// `[[faults.scheduled]]`: a fault at a given time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledFault {
+    /// When.
+    pub at: Dur,
+    /// What.
+    pub kind: FaultKind,
+    /// The pool whose hosts it hits.
+    pub pool: String,
+    /// How many of the pool's live hosts (in host order); `pool_lost` takes all.
+    #[serde(default)]
+    pub hosts: Option<u32>,
+    /// Lost hosts come back, drained hosts take work again, after this; absent: never.
+    #[serde(default)]
+    pub duration: Option<Dur>,
+}
+
+/// Kinds of scheduled fault.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// `hosts` hosts are lost with their work.
+    HostLost,
+    /// `hosts` hosts drain: running work continues, no new work lands.
+    HostDrain,
+    /// The whole pool's executors are lost at once (an executor-wide failure).
+    PoolLost,
+}
+
 /// A random duration: `{ dist = "lognormal", mean = "20m", sigma = 0.5 }`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
@@ -355,6 +434,21 @@ pub struct WorkloadSpec {
     /// Progress is saved every this much run time; `None`: never.
     #[serde(default)]
     pub checkpoint_interval: Option<Dur>,
+    /// Time to write one checkpoint (no progress meanwhile); each
+    /// `checkpoint_interval` of progress is saved only once its write completes.
+    #[serde(default)]
+    pub checkpoint_write: Dur,
+    /// Time to restore from a checkpoint when a run resumes saved progress.
+    #[serde(default)]
+    pub checkpoint_restore: Dur,
+    /// Gang-schedule each job: all its ready tasks are placed together or
+    /// none (default: true for `ml_training`, false otherwise).
+    #[serde(default)]
+    pub gang: Option<bool>,
+    /// Spread each job's tasks over zones: a zone may hold at most this many
+    /// more of the job's tasks than the least-loaded zone (hard constraint).
+    #[serde(default)]
+    pub zone_balance_max_skew: Option<u32>,
     /// Per-job disruption budget for ordinary reclaim.
     #[serde(default)]
     pub disruption_budget: Option<BudgetSpec>,
@@ -649,6 +743,7 @@ impl Scenario {
                 s.duration
             );
         }
+        self.validate_faults(&pools)?;
         let mut names = BTreeMap::new();
         let mut n_tasks = 0.0;
         for (i, w) in self.workload.iter().enumerate() {
@@ -666,6 +761,62 @@ impl Scenario {
             n_tasks <= MAX_TASKS as f64,
             "`workload`: about {n_tasks:.0} tasks expected over the run; the simulator takes at most {MAX_TASKS}"
         );
+        Ok(())
+    }
+
+    fn validate_faults(&self, pools: &BTreeMap<&str, usize>) -> Result<()> {
+        let f = &self.faults;
+        for (v, key) in [
+            (f.host_failures_per_day, "host_failures_per_day"),
+            (f.host_drains_per_day, "host_drains_per_day"),
+        ] {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "`faults.{key}` must be finite and non-negative"
+            );
+        }
+        ensure!(
+            (0.0..=1.0).contains(&f.launch_failure_probability),
+            "`faults.launch_failure_probability` must be in [0, 1]"
+        );
+        ensure!(
+            f.drain_duration.0 > 0,
+            "`faults.drain_duration` must be greater than zero"
+        );
+        if let Some(r) = f.host_repair {
+            ensure!(
+                r.0 > 0,
+                "`faults.host_repair` must be greater than zero when set"
+            );
+        }
+        for (i, x) in f.scheduled.iter().enumerate() {
+            let at = format!("`faults.scheduled[{i}]`");
+            ensure!(
+                pools.contains_key(x.pool.as_str()),
+                "{at}.pool: unknown pool `{}`",
+                x.pool
+            );
+            ensure!(
+                x.at < self.sim.duration,
+                "{at}.at ({}) is not before the run ends (`sim.duration` = {})",
+                x.at,
+                self.sim.duration
+            );
+            match x.kind {
+                FaultKind::PoolLost => ensure!(
+                    x.hosts.is_none(),
+                    "{at}.hosts: `pool_lost` takes every host of the pool; use `host_lost` for some"
+                ),
+                _ => ensure!(
+                    x.hosts.is_some_and(|n| n > 0),
+                    "{at}.hosts is required (> 0) for kind = \"{:?}\"",
+                    x.kind
+                ),
+            }
+            if let Some(d) = x.duration {
+                ensure!(d.0 > 0, "{at}.duration must be greater than zero when set");
+            }
+        }
         Ok(())
     }
 
@@ -831,6 +982,12 @@ impl WorkloadSpec {
         }
         if self.gpu_model.is_some() {
             ensure!(self.gpus > 0, "{at}.gpu_model needs `gpus` > 0");
+        }
+        if self.checkpoint_interval.is_none() {
+            ensure!(
+                self.checkpoint_write.0 == 0 && self.checkpoint_restore.0 == 0,
+                "{at}: `checkpoint_write` and `checkpoint_restore` need a `checkpoint_interval`"
+            );
         }
         if let Some(r) = &self.runtime {
             r.validate(&format!("{at}.runtime"))?;

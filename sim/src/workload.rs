@@ -29,6 +29,10 @@ pub struct SimJob {
     pub failure_probability: f64,
     /// Time a task needs to exit after SIGTERM.
     pub stop_ms: u64,
+    /// Time to write one checkpoint.
+    pub checkpoint_write_ms: u64,
+    /// Time to restore from a checkpoint on resume.
+    pub checkpoint_restore_ms: u64,
 }
 
 /// Generates every job of the scenario, sorted by submission time, with
@@ -56,6 +60,9 @@ fn template(w: &WorkloadSpec, name: String, n_tasks: u32) -> JobSpec {
     if let Some(m) = &w.gpu_model {
         hard.push(Constraint::GpuModel(m.clone()));
     }
+    if let Some(max_skew) = w.zone_balance_max_skew {
+        hard.push(Constraint::ZoneBalance { max_skew });
+    }
     JobSpec {
         id: JobId(0),
         name,
@@ -72,7 +79,7 @@ fn template(w: &WorkloadSpec, name: String, n_tasks: u32) -> JobSpec {
         n_tasks,
         hard_constraints: hard,
         soft_constraints: Vec::new(),
-        gang: false,
+        gang: w.gang.unwrap_or(w.kind == WorkloadKind::MlTraining),
         retry: RetryPolicy {
             max_retries: w.max_retries,
             ..RetryPolicy::default()
@@ -105,6 +112,8 @@ fn push(
         workload_idx: idx,
         failure_probability: w.failure_probability,
         stop_ms: w.stop_time.0,
+        checkpoint_write_ms: w.checkpoint_write.0,
+        checkpoint_restore_ms: w.checkpoint_restore.0,
     });
 }
 
@@ -223,8 +232,7 @@ fn ml_training(
     for (k, t) in arrivals(rng, rate, w.start.0, end).into_iter().enumerate() {
         // Data-parallel workers advance in lockstep: one runtime for the gang.
         let work_ms = draw(runtime, rng, MIN_TASK_MS);
-        let mut spec = template(w, format!("{}/{}", w.name, k + 1), n);
-        spec.gang = true;
+        let spec = template(w, format!("{}/{}", w.name, k + 1), n);
         push(jobs, w, idx, spec, t, vec![work_ms; n as usize]);
     }
 }
