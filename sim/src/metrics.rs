@@ -925,7 +925,8 @@ impl Metrics {
         if !c.market || c.supply_ie_h <= 0.0 || c.harvested_share >= 0.8 {
             return None;
         }
-        if c.reachable_share < 0.9 {
+        // The executor fleet is the limit only when batch got most of what it could reach.
+        if c.reachable_share < 0.9 && c.harvested_share >= 0.8 * c.reachable_share {
             return Some(format!(
                 "the market pools' executor hosts can hold at most {:.0}% of supply: supply outgrows the executor fleet, so more executor hosts (not another policy) would harvest more",
                 100.0 * c.reachable_share
@@ -938,8 +939,9 @@ impl Metrics {
         };
         if empty > 0.25 {
             return Some(format!(
-                "no batch task was waiting in {:.0}% of the samples: the workload, not the market, is the limit",
-                100.0 * empty
+                "no batch task was waiting in {:.0}% of the samples: the workload, not the market, is the limit (the executor hosts could hold {:.0}% of supply)",
+                100.0 * empty,
+                100.0 * c.reachable_share
             ));
         }
         Some(
