@@ -3,10 +3,10 @@
 
 use std::f64::consts::TAU;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use rand_distr::{Distribution, Normal};
 
-use crate::scenario::{DemandKind, DemandSpec, Scenario};
+use crate::scenario::{DemandKind, DemandSpec, Scenario, ValueScale};
 
 /// One pool's demand reports: `(time_ms, ie)` every `demand_step` from zero.
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ pub fn build(sc: &Scenario, seed: u64) -> Result<Vec<DemandSeries>> {
                 let rel = d.file.as_deref().expect("validated");
                 let path = sc.resolve(rel);
                 Curve::Csv(
-                    load_csv(&path)
+                    load_csv(&path, d)
                         .with_context(|| format!("`demand[{i}].file` ({})", path.display()))?,
                 )
             }
@@ -108,41 +108,102 @@ fn interpolate(points: &[(u64, f64)], t: u64) -> f64 {
     v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64
 }
 
-/// Reads a `time_s,value` CSV (lines starting with `#` are comments) and
-/// min–max normalizes the values to `[0, 1]`.
-fn load_csv(path: &std::path::Path) -> Result<Vec<(u64, f64)>> {
+/// Reads a demand CSV: `#` comment lines, a header naming (at least) the
+/// spec's time and value columns, then rows with increasing times. Returns
+/// `(time_s, level)` with levels in `[0, 1]` (min–max normalized, or taken
+/// as fractions). Errors name the file's line.
+fn load_csv(path: &std::path::Path, d: &DemandSpec) -> Result<Vec<(u64, f64)>> {
+    let file = std::fs::File::open(path).context("opening the CSV file")?;
+    parse_csv(file, d)
+}
+
+fn parse_csv(input: impl std::io::Read, d: &DemandSpec) -> Result<Vec<(u64, f64)>> {
     let mut reader = csv::ReaderBuilder::new()
         .comment(Some(b'#'))
         .trim(csv::Trim::All)
-        .from_path(path)
-        .context("opening the CSV file")?;
+        .flexible(true)
+        .from_reader(input);
     let headers = reader.headers().context("reading the CSV header")?.clone();
-    ensure!(
-        headers.len() >= 2 && &headers[0] == "time_s" && &headers[1] == "value",
-        "the header must be `time_s,value`, found `{}`",
-        headers.iter().collect::<Vec<_>>().join(",")
+    // The reader stands at the start of the line after the header.
+    let header_line = reader.position().line().saturating_sub(1);
+    let column = |name: &str, key: &str| {
+        headers.iter().position(|h| h == name).with_context(|| {
+            format!(
+                "line {header_line}: the header has no column `{name}` (`demand.{key}`); found `{}`",
+                headers.iter().collect::<Vec<_>>().join(",")
+            )
+        })
+    };
+    let (tc, vc) = (
+        column(&d.time_column, "time_column")?,
+        column(&d.value_column, "value_column")?,
     );
+    let unit_ms = d.time_unit.0 as f64;
     let mut points: Vec<(u64, f64)> = Vec::new();
-    for (n, row) in reader.records().enumerate() {
-        let row = row.with_context(|| format!("row {}", n + 1))?;
-        let t: u64 = row[0].parse().with_context(|| {
-            format!("row {}: time_s `{}` is not a whole number", n + 1, &row[0])
-        })?;
-        let v: f64 = row[1]
-            .parse()
-            .with_context(|| format!("row {}: value `{}` is not a number", n + 1, &row[1]))?;
-        ensure!(v.is_finite(), "row {}: value must be finite", n + 1);
-        if let Some(last) = points.last() {
-            ensure!(t > last.0, "row {}: time_s must increase", n + 1);
+    let mut record = csv::StringRecord::new();
+    loop {
+        let more = reader
+            .read_record(&mut record)
+            .with_context(|| format!("line {}", reader.position().line()))?;
+        if !more {
+            break;
         }
-        points.push((t, v));
+        let line = record.position().map_or(0, csv::Position::line);
+        let field = |i: usize, name: &str| -> Result<&str> {
+            match record.get(i) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => bail!("line {line}: missing value in column `{name}`"),
+            }
+        };
+        let t_raw = field(tc, &d.time_column)?;
+        let t: f64 = t_raw.parse().map_err(|_| {
+            anyhow!(
+                "line {line}: `{}` value `{t_raw}` is not a number",
+                d.time_column
+            )
+        })?;
+        ensure!(
+            t.is_finite() && t >= 0.0,
+            "line {line}: `{}` value `{t_raw}` must be a finite, non-negative time",
+            d.time_column
+        );
+        let t_s = (t * unit_ms / 1000.0).round() as u64;
+        let v_raw = field(vc, &d.value_column)?;
+        let v: f64 = v_raw.parse().map_err(|_| {
+            anyhow!(
+                "line {line}: `{}` value `{v_raw}` is not a number",
+                d.value_column
+            )
+        })?;
+        ensure!(
+            v.is_finite() && v >= 0.0,
+            "line {line}: `{}` value `{v_raw}` must be finite and non-negative (demand cannot be negative)",
+            d.value_column
+        );
+        if d.value_scale == ValueScale::Fraction {
+            ensure!(
+                v <= 1.0,
+                "line {line}: `{}` value `{v_raw}` is above 1 (`value_scale = \"fraction\"` takes values in [0, 1])",
+                d.value_column
+            );
+        }
+        if let Some(last) = points.last() {
+            ensure!(
+                t_s > last.0,
+                "line {line}: `{}` must increase (in whole seconds) from row to row",
+                d.time_column
+            );
+        }
+        points.push((t_s, v));
     }
-    ensure!(points.len() >= 2, "needs at least two rows");
-    let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let span = if hi > lo { hi - lo } else { 1.0 };
-    for p in &mut points {
-        p.1 = (p.1 - lo) / span;
+    ensure!(points.len() >= 2, "needs at least two data rows");
+    if d.value_scale == ValueScale::MinMax {
+        let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        for p in &mut points {
+            p.1 = (p.1 - lo) / span;
+        }
     }
     Ok(points)
 }
@@ -157,6 +218,96 @@ mod tests {
         let cases = [(0, 0.0), (5, 0.5), (10, 1.0), (15, 0.5), (25, 0.0)];
         for (t, want) in cases {
             assert!((interpolate(&pts, t) - want).abs() < 1e-12, "t={t}");
+        }
+    }
+
+    fn spec(extra: &str) -> DemandSpec {
+        let text = format!(
+            "pool = \"p\"\nkind = \"csv\"\npeak_ie = 10\ntrough_ie = 1\nfile = \"x.csv\"\n{extra}"
+        );
+        toml::from_str(&text).expect("demand spec parses")
+    }
+
+    #[test]
+    fn named_columns_with_a_time_unit() {
+        let d = spec(
+            "time_column = \"minute\"\nvalue_column = \"demand_fraction\"\ntime_unit = \"1m\"\nvalue_scale = \"fraction\"",
+        );
+        let csv = "# a comment\nminute,other,demand_fraction\n0,x,0.25\n5,y,1\n10,z,0\n";
+        let pts = parse_csv(csv.as_bytes(), &d).expect("parses");
+        assert_eq!(pts, vec![(0, 0.25), (300, 1.0), (600, 0.0)]);
+        // Min–max (the default) stretches the same values over [0, 1].
+        let d = spec(
+            "time_column = \"minute\"\nvalue_column = \"demand_fraction\"\ntime_unit = \"1m\"",
+        );
+        let csv = "minute,demand_fraction\n0,2\n5,4\n10,3\n";
+        assert_eq!(
+            parse_csv(csv.as_bytes(), &d).expect("parses"),
+            vec![(0, 0.0), (300, 1.0), (600, 0.5)]
+        );
+    }
+
+    /// Every bad file names the line (counting comments and the header) and the column.
+    #[test]
+    fn bad_rows_name_their_line() {
+        let named = "time_column = \"minute\"\nvalue_column = \"demand_fraction\"";
+        let cases = [
+            (
+                "",
+                "time_s,value\n0,1\n300,-2\n",
+                "line 3: `value` value `-2` must be finite and non-negative",
+            ),
+            (
+                "",
+                "time_s,value\n0,1\n300,\n",
+                "line 3: missing value in column `value`",
+            ),
+            (
+                "",
+                "time_s,value\n0,1\n300\n",
+                "line 3: missing value in column `value`",
+            ),
+            (
+                "",
+                "# c\n# c\ntime_s,value\n0,1\nsoon,2\n",
+                "line 5: `time_s` value `soon` is not a number",
+            ),
+            (
+                "",
+                "time_s,value\n0,1\n0,2\n",
+                "line 3: `time_s` must increase",
+            ),
+            ("", "time_s,value\n0,1\n", "at least two data rows"),
+            (
+                "",
+                "t,v\n0,1\n1,2\n",
+                "line 1: the header has no column `time_s` (`demand.time_column`)",
+            ),
+            (
+                named,
+                "minute,demand\n0,1\n1,2\n",
+                "no column `demand_fraction` (`demand.value_column`); found `minute,demand`",
+            ),
+            (
+                "value_scale = \"fraction\"",
+                "time_s,value\n0,0.5\n1,1.5\n",
+                "line 3: `value` value `1.5` is above 1",
+            ),
+            (
+                "",
+                "time_s,value\n0,1\n1,NaN\n",
+                "line 3: `value` value `NaN` must be finite",
+            ),
+        ];
+        for (extra, csv, want) in cases {
+            let err = format!(
+                "{:#}",
+                parse_csv(csv.as_bytes(), &spec(extra)).expect_err(csv)
+            );
+            assert!(
+                err.contains(want),
+                "{csv:?}: `{err}` does not contain `{want}`"
+            );
         }
     }
 }

@@ -14,7 +14,7 @@
 //! events-per-second figure, which are reported but never hashed.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -26,6 +26,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::demand::{self, DemandSeries};
+use crate::executors::Executors;
+use crate::faults::{self, Fault};
 use crate::market::MarketLink;
 use crate::metrics::{FleetSample, JobRow, Metrics, PoolSample, Summary};
 use crate::scenario::Scenario;
@@ -38,8 +40,35 @@ pub struct RunOptions {
     pub seed: u64,
     /// Policy name (scenario-defined or built-in).
     pub policy: String,
-    /// Show a progress bar (drawn on stderr, only when stdout and stderr are terminals).
-    pub progress: bool,
+    /// Where progress is shown.
+    pub progress: Progress,
+    /// For tests of the conservation checks only: the simulated executors'
+    /// bookkeeping forgets the n-th run that ends (1-based), as a buggy
+    /// executor would, so the checks must catch the disagreement.
+    #[doc(hidden)]
+    pub corrupt_executor_view: Option<u64>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            seed: 1,
+            policy: "binpack".into(),
+            progress: Progress::Hidden,
+            corrupt_executor_view: None,
+        }
+    }
+}
+
+/// Progress output of a run, in simulated hours.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// None.
+    Hidden,
+    /// A bar on stderr, only when stdout and stderr are terminals.
+    Terminal,
+    /// Advance this shared bar by the simulated hours (a sweep's bar).
+    Shared(ProgressBar),
 }
 
 /// Everything a run produces.
@@ -86,6 +115,10 @@ struct SimTask {
     phase: Phase,
     /// Pool of the host of the current run.
     pool: u16,
+    /// Host (executor index) of the current run.
+    host: u32,
+    /// Restore time at the start of the current run (resuming saved progress).
+    restore_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +149,13 @@ enum Ev {
         task: TaskId,
         attempt: u32,
     },
+    /// The launch of this run failed before the task started.
+    LaunchFailed {
+        task: TaskId,
+        attempt: u32,
+    },
+    /// A host fault (see `faults.rs`).
+    Fault(Fault),
     Sample,
 }
 
@@ -166,13 +206,20 @@ struct Sim<'a> {
     /// Flat index of each job's task 0.
     job_base: Vec<usize>,
     tasks: Vec<SimTask>,
-    host_pool: HashMap<HostId, u16>,
+    /// The simulated executors' own view of what runs where.
+    exec: Executors,
+    /// Every executor host's spec, by executor index (to add it back after a loss).
+    host_specs: Vec<HostSpec>,
     demand: Vec<DemandSeries>,
     market: MarketLink,
     metrics: Metrics,
     trace: Sha256,
     timeout_round_at: Option<u64>,
     progress: ProgressBar,
+    /// Simulated hours already reported to the progress bar.
+    progress_h: u64,
+    /// The bar is this run's own (not a sweep's), so the run clears it.
+    own_bar: bool,
     n_events: u64,
 }
 
@@ -196,26 +243,40 @@ impl<'a> Sim<'a> {
                 attempt: 0,
                 phase: Phase::Pending,
                 pool: 0,
+                host: 0,
+                restore_ms: 0,
             }));
         }
-        let draw = if opts.progress
-            && std::io::stdout().is_terminal()
-            && std::io::stderr().is_terminal()
-        {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
+        let progress = match &opts.progress {
+            Progress::Shared(bar) => bar.clone(),
+            Progress::Hidden => ProgressBar::hidden(),
+            Progress::Terminal => {
+                let draw = if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+                    ProgressDrawTarget::stderr()
+                } else {
+                    ProgressDrawTarget::hidden()
+                };
+                let bar = ProgressBar::with_draw_target(Some(hours_up(sc.sim.duration.0)), draw);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} simulated {pos}/{len} h [{bar:40}] {percent}% eta {eta} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar
+            }
         };
-        let progress = ProgressBar::with_draw_target(Some(sc.sim.duration.0 / 1000), draw);
-        progress.set_style(
-            ProgressStyle::with_template(
-                "{spinner} simulated {pos}/{len} s [{bar:40}] {percent}% eta {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        let metrics = Metrics::new(sc, &jobs, opts);
+        let mut metrics = Metrics::new(sc, &jobs, opts);
         let market = MarketLink::new(sc);
+        let grace_ms = core.config().market.preempt_grace.as_millis() + sc.sim.round_interval.0;
+        metrics.grace_ms = grace_ms;
+        let exec = Executors::new(
+            market.managed(),
+            &market.reserved_micro(sc, core.catalog()),
+            grace_ms,
+            opts.corrupt_executor_view,
+        );
         Ok(Sim {
             sc,
             seed: opts.seed,
@@ -226,13 +287,16 @@ impl<'a> Sim<'a> {
             jobs,
             job_base,
             tasks,
-            host_pool: HashMap::new(),
+            exec,
+            host_specs: Vec::new(),
             demand,
             market,
             metrics,
             trace: Sha256::new(),
             timeout_round_at: None,
             progress,
+            progress_h: 0,
+            own_bar: !matches!(opts.progress, Progress::Shared(_)),
             n_events: 0,
         })
     }
@@ -280,15 +344,23 @@ impl<'a> Sim<'a> {
                         capacity: capacity.clone(),
                         gpu_model: info.gpu_model.clone(),
                     };
+                    self.host_specs.push(spec.clone());
                     self.core
                         .handle_host_added(self.ts(), spec)
                         .with_context(|| format!("adding host {id} of pool {}", p.id))?;
-                    self.host_pool.insert(id, pool_idx as u16);
+                    let ie = self
+                        .core
+                        .catalog()
+                        .ie_of(&tc.instance_type)
+                        .map_or(0, |ie| ie.as_micro());
+                    self.exec
+                        .add_host(id, pool_idx as u16, ie, capacity.clone());
                     capacities.push(capacity.clone());
                 }
             }
         }
         self.metrics.set_host_capacities(capacities);
+        self.refresh_market();
         for i in 0..self.jobs.len() {
             self.push(self.jobs[i].submit_ms, Ev::Submit(i as u32));
         }
@@ -328,6 +400,9 @@ impl<'a> Sim<'a> {
                 },
             );
         }
+        for (t, f) in faults::build(self.sc, self.seed, self.exec.n_hosts()) {
+            self.push(t, Ev::Fault(f));
+        }
         // Rounds and samples come after the inputs of the same instant.
         self.push(0, Ev::Round);
         self.push(0, Ev::Sample);
@@ -346,15 +421,44 @@ impl<'a> Sim<'a> {
             self.now = e.time;
             self.n_events += 1;
             if self.n_events.is_multiple_of(65_536) {
-                self.progress.set_position(self.now / 1000);
+                self.advance_progress();
             }
             self.dispatch(e.ev)?;
         }
         self.now = end;
         self.metrics.wall_s = wall.elapsed().as_secs_f64();
         self.metrics.n_events = self.n_events;
-        self.progress.finish_and_clear();
+        self.advance_progress();
+        if self.own_bar {
+            self.progress.finish_and_clear();
+        }
         Ok(())
+    }
+
+    /// Moves the progress bar to the whole simulated hours done (the last,
+    /// partial hour counts when the run ends: the bar's length rounds up).
+    fn advance_progress(&mut self) {
+        let end = self.sc.sim.duration.0;
+        let done_h = if self.now >= end {
+            hours_up(end)
+        } else {
+            self.now / 3_600_000
+        };
+        if done_h > self.progress_h {
+            self.progress.inc(done_h - self.progress_h);
+            self.progress_h = done_h;
+        }
+    }
+
+    /// Hands the core's market figures of every pool to the executors' books
+    /// (after a market input: supply moves only then).
+    fn refresh_market(&mut self) {
+        for (i, v) in self.market.raw_statuses(&self.core).into_iter().enumerate() {
+            if let Some((streaming, headroom, supply)) = v {
+                self.exec
+                    .set_market(self.now, i, streaming, headroom, supply);
+            }
+        }
     }
 
     fn dispatch(&mut self, ev: Ev) -> Result<()> {
@@ -381,11 +485,13 @@ impl<'a> Sim<'a> {
                 let s = &self.demand[series as usize];
                 let (pool, ie) = (s.pool_idx, s.points[point as usize].1);
                 self.market.set_demand(&mut self.core, now, pool, ie)?;
+                self.refresh_market();
             }
             Ev::Failover { region, active } => {
                 let name = self.sc.fleet.regions[region as usize].name.clone();
                 self.market
                     .set_failover(&mut self.core, now, &name, active)?;
+                self.refresh_market();
             }
             Ev::Started { task, attempt } => self.on_started(task, attempt)?,
             Ev::Exit {
@@ -394,6 +500,8 @@ impl<'a> Sim<'a> {
                 failed,
             } => self.on_exit(task, attempt, failed)?,
             Ev::Stopped { task, attempt } => self.on_stopped(task, attempt)?,
+            Ev::LaunchFailed { task, attempt } => self.on_launch_failed(task, attempt)?,
+            Ev::Fault(f) => self.on_fault(f)?,
             Ev::Sample => {
                 self.sample();
                 let next = self.now + self.sc.sim.sample_interval.0;
@@ -430,8 +538,6 @@ impl<'a> Sim<'a> {
             hash_task(&mut self.trace, *task);
         }
         self.drain_actions();
-        let pools = self.market.statuses(&self.core);
-        self.metrics.on_round(&pools);
         if let Some(t) = self.core.poll_timeout().map(Timestamp::as_millis)
             && t > self.now
             && self.timeout_round_at.is_none_or(|pending| t < pending)
@@ -463,21 +569,33 @@ impl<'a> Sim<'a> {
         hash_task(&mut self.trace, task);
         self.trace.update(host.as_str().as_bytes());
         self.trace.update([0]);
-        let pool = self.host_pool[host];
+        let h = self
+            .exec
+            .host_idx(host)
+            .expect("the core launches on known hosts");
+        let pool = self.exec.pool_of(h);
+        let spec = &self.jobs[task.job.0 as usize].spec;
+        self.exec
+            .launch(self.now, h, task, spec.tier, &spec.request);
         let f = self.flat(task);
         let t = &mut self.tasks[f];
         t.attempt += 1;
         t.phase = Phase::Launching;
         t.run_start = NOT_STARTED;
         t.pool = pool;
+        t.host = h;
         let attempt = t.attempt;
         let latency = {
-            let u = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 1);
-            let mut rng = rand::SeedableRng::seed_from_u64(u.to_bits());
+            let mut rng = crate::rng::for_run(self.seed, task.job.0, task.index, attempt, 1);
             workload::draw(&self.sc.sim.launch_latency, &mut rng, 0)
         };
         self.metrics.on_launch(task.job.0 as usize, self.now);
-        self.push(self.now + latency, Ev::Started { task, attempt });
+        let p = self.sc.faults.launch_failure_probability;
+        if p > 0.0 && crate::rng::unit(self.seed, task.job.0, task.index, attempt, 4) < p {
+            self.push(self.now + latency, Ev::LaunchFailed { task, attempt });
+        } else {
+            self.push(self.now + latency, Ev::Started { task, attempt });
+        }
     }
 
     fn on_started(&mut self, task: TaskId, attempt: u32) -> Result<()> {
@@ -491,15 +609,27 @@ impl<'a> Sim<'a> {
             .with_context(|| format!("task {task} started"))?;
         let job = &self.jobs[task.job.0 as usize];
         let remaining = t.work_ms - t.done_ms;
+        let restore_ms = if t.done_ms > 0 {
+            job.checkpoint_restore_ms
+        } else {
+            0
+        };
+        let wall_ms = run_wall_ms(
+            restore_ms,
+            remaining,
+            job.spec.checkpoint_interval.map_or(0, |d| d.as_millis()),
+            job.checkpoint_write_ms,
+        );
         let fails = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 2)
             < job.failure_probability;
         let run_ms = if fails {
             let at = crate::rng::unit(self.seed, task.job.0, task.index, attempt, 3);
-            ((remaining as f64 * at) as u64).max(1)
+            ((wall_ms as f64 * at) as u64).max(1)
         } else {
-            remaining
+            wall_ms
         };
         let t = &mut self.tasks[f];
+        t.restore_ms = restore_ms;
         t.phase = Phase::Running;
         t.run_start = self.now;
         t.exit_at = self.now + run_ms;
@@ -524,6 +654,7 @@ impl<'a> Sim<'a> {
         let ran = self.now - t.run_start;
         let j = task.job.0 as usize;
         let cpus = self.jobs[j].spec.request.cpu_millis as f64 / 1000.0;
+        self.exec.release(self.now, t.host, task);
         if failed {
             self.core
                 .handle_task_failed(now, task)
@@ -536,10 +667,14 @@ impl<'a> Sim<'a> {
                 .handle_task_finished(now, task)
                 .with_context(|| format!("task {task} finished"))?;
             let t = &mut self.tasks[f];
+            // The run did the remaining work; the rest of its wall time was
+            // spent restoring and writing checkpoints.
+            let overhead = ran.saturating_sub(t.work_ms - t.done_ms);
             t.done_ms = t.work_ms;
             t.phase = Phase::Done;
             let work = t.work_ms;
             let n = self.jobs[j].spec.n_tasks;
+            self.metrics.checkpoint_overhead_cpu_h += cpus * overhead as f64 / 3.6e6;
             self.metrics
                 .on_completed(j, self.now, cpus * work as f64 / 3.6e6, n);
         }
@@ -588,6 +723,7 @@ impl<'a> Sim<'a> {
         } else {
             self.now - t.run_start
         };
+        self.exec.release(self.now, t.host, task);
         self.core
             .handle_task_stopped(self.ts(), task)
             .with_context(|| format!("task {task} stopped"))?;
@@ -603,12 +739,12 @@ impl<'a> Sim<'a> {
     /// core's verdict (requeued or done) and returns the CPU-hours lost with
     /// the task's new state.
     fn settle_run(&mut self, f: usize, task: TaskId, ran: u64) -> (f64, Option<TaskState>) {
-        let spec = &self.jobs[task.job.0 as usize].spec;
-        let cpus = spec.request.cpu_millis as f64 / 1000.0;
-        let saved = spec
-            .checkpoint_interval
-            .map(|d| d.as_millis())
-            .map_or(0, |c| ran / c * c);
+        let job = &self.jobs[task.job.0 as usize];
+        let cpus = job.spec.request.cpu_millis as f64 / 1000.0;
+        let interval = job.spec.checkpoint_interval.map_or(0, |d| d.as_millis());
+        let t = &self.tasks[f];
+        let (saved, unsaved, overhead) =
+            run_progress(ran, t.restore_ms, interval, job.checkpoint_write_ms);
         let state = self.core.task(task).map(|v| v.state);
         let t = &mut self.tasks[f];
         t.done_ms = (t.done_ms + saved).min(t.work_ms);
@@ -617,10 +753,118 @@ impl<'a> Sim<'a> {
         } else {
             Phase::Done
         };
-        (cpus * (ran - saved) as f64 / 3.6e6, state)
+        self.metrics.checkpoint_overhead_cpu_h += cpus * overhead as f64 / 3.6e6;
+        (cpus * unsaved as f64 / 3.6e6, state)
+    }
+
+    // ----------------------------------------------------------- faults
+    // Host losses, drains and launch failures, fed to the core through its
+    // existing inputs (handle_host_lost / _draining / _activated / _added,
+    // handle_task_failed).
+
+    fn on_launch_failed(&mut self, task: TaskId, attempt: u32) -> Result<()> {
+        let f = self.flat(task);
+        let t = &self.tasks[f];
+        if t.attempt != attempt || t.phase != Phase::Launching {
+            return Ok(()); // stopped (or its host lost) before the launch failed
+        }
+        self.exec.release(self.now, t.host, task);
+        self.core
+            .handle_task_failed(self.ts(), task)
+            .with_context(|| format!("task {task} failed to launch"))?;
+        let j = task.job.0 as usize;
+        let (lost, state) = self.settle_run(f, task, 0);
+        let n = self.jobs[j].spec.n_tasks;
+        self.metrics.n_launch_failures += 1;
+        self.metrics.on_failed(j, self.now, lost, &state, n);
+        Ok(())
+    }
+
+    fn on_fault(&mut self, fault: Fault) -> Result<()> {
+        match fault {
+            Fault::HostDown(h) => self.host_down(h)?,
+            Fault::HostUp(h) if !self.exec.is_alive(h) => {
+                let spec = self.host_specs[h as usize].clone();
+                self.core
+                    .handle_host_added(self.ts(), spec)
+                    .with_context(|| format!("host {} back", self.exec.host_id(h)))?;
+                self.exec.host_back(self.now, h);
+            }
+            Fault::DrainStart(h) if self.exec.is_alive(h) => {
+                let id = self.exec.host_id(h).clone();
+                self.core
+                    .handle_host_draining(self.ts(), &id)
+                    .with_context(|| format!("draining host {id}"))?;
+                self.metrics.n_host_drains += 1;
+            }
+            Fault::DrainEnd(h) if self.exec.is_alive(h) => {
+                let id = self.exec.host_id(h).clone();
+                self.core
+                    .handle_host_activated(self.ts(), &id)
+                    .with_context(|| format!("activating host {id}"))?;
+            }
+            Fault::Scheduled(i) => {
+                let s = &self.sc.faults.scheduled[i as usize];
+                let pool = self
+                    .sc
+                    .fleet
+                    .pools
+                    .iter()
+                    .position(|p| p.id == s.pool)
+                    .expect("validated") as u16;
+                let live = self.exec.live_hosts_of(pool);
+                for (t, f) in faults::expand(self.sc, i, self.now, &live) {
+                    if t == self.now {
+                        self.on_fault(f)?;
+                    } else {
+                        self.push(t, Ev::Fault(f));
+                    }
+                }
+            }
+            // Up while up, drain or end of drain while down: nothing to do.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Host `h` is lost with its work: the core requeues its tasks; the
+    /// work since their last checkpoint is lost.
+    fn host_down(&mut self, h: u32) -> Result<()> {
+        if !self.exec.is_alive(h) {
+            return Ok(());
+        }
+        let id = self.exec.host_id(h).clone();
+        self.core
+            .handle_host_lost(self.ts(), &id)
+            .with_context(|| format!("host {id} lost"))?;
+        self.metrics.n_host_losses += 1;
+        for task in self.exec.host_lost(self.now, h) {
+            let f = self.flat(task);
+            let t = &self.tasks[f];
+            if t.host != h
+                || !matches!(t.phase, Phase::Launching | Phase::Running | Phase::Stopping)
+            {
+                continue;
+            }
+            let ran = if t.run_start == NOT_STARTED {
+                0
+            } else {
+                self.now - t.run_start
+            };
+            let j = task.job.0 as usize;
+            let (lost, state) = self.settle_run(f, task, ran);
+            let n = self.jobs[j].spec.n_tasks;
+            self.metrics.lost_host_cpu_h += lost;
+            self.metrics.on_failed(j, self.now, 0.0, &state, n);
+        }
+        Ok(())
     }
 
     fn sample(&mut self) {
+        let errors = self
+            .exec
+            .check_against_core(self.now, &self.core, self.market.ids());
+        self.metrics.on_conservation_errors(errors);
         let pools = self.market.statuses(&self.core);
         let totals = self.core.totals();
         let n_hosts_used = self.core.hosts().filter(|h| !h.tasks().is_empty()).count() as u32;
@@ -635,14 +879,53 @@ impl<'a> Sim<'a> {
             self.metrics.pool_totals = Some(self.core.pool_totals(end));
         }
         self.metrics.ledger = self.core.ledger(end);
+        let errors = self
+            .exec
+            .check_against_core(self.now, &self.core, self.market.ids());
+        self.metrics.on_conservation_errors(errors);
+        self.metrics.pool_books = self.exec.finish(self.now);
+        self.metrics.exec_runs_per_job = self.exec.runs_per_job();
         // Conservation: the core and the simulated executors agree on every job.
         for (j, job) in self.jobs.iter().enumerate() {
             let c = self.core.job_counts(JobId(j as u64));
-            self.metrics.check_job(j, job, c);
+            self.metrics.check_job(j, job, c, job.submit_ms <= self.now);
         }
         self.metrics
             .finish(self.sc, &self.jobs, trace_hash, self.now)
     }
+}
+
+/// Wall time of a run that restores for `restore_ms`, then does
+/// `remaining_ms` of work, writing a checkpoint (`write_ms`, no progress)
+/// after every `interval_ms` of work except at the very end.
+fn run_wall_ms(restore_ms: u64, remaining_ms: u64, interval_ms: u64, write_ms: u64) -> u64 {
+    let n_writes = remaining_ms
+        .saturating_sub(1)
+        .checked_div(interval_ms)
+        .unwrap_or(0);
+    restore_ms + remaining_ms + n_writes * write_ms
+}
+
+/// What a run that ended after `ran_ms` of wall time leaves:
+/// `(saved_ms, unsaved_ms, overhead_ms)` — progress kept by completed
+/// checkpoints, progress lost, and time spent restoring or writing.
+fn run_progress(ran_ms: u64, restore_ms: u64, interval_ms: u64, write_ms: u64) -> (u64, u64, u64) {
+    let restoring = ran_ms.min(restore_ms);
+    let worked = ran_ms - restoring;
+    if interval_ms == 0 {
+        return (0, worked, restoring);
+    }
+    let cycle = interval_ms + write_ms;
+    let full = worked / cycle;
+    let rest = worked - full * cycle;
+    let unsaved = rest.min(interval_ms);
+    let writing = full * write_ms + (rest - unsaved);
+    (full * interval_ms, unsaved, restoring + writing)
+}
+
+/// Hours in `ms`, rounded up: the progress bar's length.
+fn hours_up(ms: u64) -> u64 {
+    ms.div_ceil(3_600_000)
 }
 
 fn hash_task(h: &mut Sha256, t: TaskId) {
@@ -654,5 +937,36 @@ fn cause_byte(c: StopCause) -> u8 {
     match c {
         StopCause::Kill => 1,
         StopCause::Preempt => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_costs_add_to_runs_and_split_progress() {
+        // 50 min of work, 10 min interval, 1 min writes, 2 min restore:
+        // 4 writes (none after the last interval), so 2 + 50 + 4 = 56 min.
+        let m = 60_000;
+        assert_eq!(run_wall_ms(2 * m, 50 * m, 10 * m, m), 56 * m);
+        assert_eq!(
+            run_wall_ms(0, 50 * m, 0, m),
+            50 * m,
+            "no interval, no writes"
+        );
+        // Stopped after 25 min: 2 restoring, then 11-min cycles: 2 saved
+        // intervals (20 min) after 22 min, 1 min of unsaved work.
+        assert_eq!(run_progress(25 * m, 2 * m, 10 * m, m), (20 * m, m, 4 * m));
+        // Stopped while writing the first checkpoint: that interval is lost.
+        assert_eq!(
+            run_progress(10 * m + m / 2, 0, 10 * m, m),
+            (0, 10 * m, m / 2)
+        );
+        // Still restoring: nothing done.
+        assert_eq!(run_progress(m, 2 * m, 10 * m, m), (0, 0, m));
+        // Without costs, as before: whole intervals are saved.
+        assert_eq!(run_progress(25 * m, 0, 10 * m, 0), (20 * m, 5 * m, 0));
+        assert_eq!(run_progress(25 * m, 0, 0, 0), (0, 25 * m, 0));
     }
 }

@@ -17,6 +17,8 @@
 pub mod demand;
 pub mod duration;
 pub mod engine;
+pub mod executors;
+pub mod faults;
 pub mod market;
 pub mod metrics;
 pub mod plot;
@@ -27,5 +29,5 @@ pub mod scenario;
 pub mod sweep;
 pub mod workload;
 
-pub use engine::{Outcome, RunOptions, run};
+pub use engine::{Outcome, Progress, RunOptions, run};
 pub use scenario::Scenario;

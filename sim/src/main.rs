@@ -1,10 +1,11 @@
 //! `ebb-sim`: run a scenario through the real scheduler core, or sweep policies × seeds.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
-use ebb_sim::{RunOptions, Scenario, report};
+use ebb_sim::{Progress, RunOptions, Scenario, report};
 
 #[derive(Parser)]
 #[command(
@@ -26,27 +27,43 @@ enum Command {
         /// Seed (default: the scenario's `sim.seed`).
         #[arg(long)]
         seed: Option<u64>,
-        /// Output directory (default: out/<scenario name>).
+        /// Output directory (default: out/<scenario name>/<policy>-seed<seed>).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Policy name (default: the scenario's `sim.policy`).
         #[arg(long)]
         policy: Option<String>,
+        /// Also print the developer counters: round timings, hosts examined,
+        /// rounds that planned nothing, events per second.
+        #[arg(long, short)]
+        verbose: bool,
     },
-    /// Run several policies × seeds and write a comparison report.
+    /// Run several policies × seeds, in parallel, and write a comparison report.
     Sweep {
         /// Scenario TOML file.
         scenario: PathBuf,
-        /// Comma-separated policy names.
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Comma-separated policy names (spaces around names are ignored).
+        #[arg(long, value_delimiter = ',', required = true, value_parser = policy_name)]
         policies: Vec<String>,
-        /// Number of seeds (1..=N, offset by the scenario's seed).
+        /// Number of seeds (the scenario's seed, seed+1, …).
         #[arg(long, default_value_t = 5)]
         seeds: u64,
         /// Output directory (default: out/<scenario name>/sweep).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Runs at once (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
+}
+
+/// A `--policies` entry: trimmed, not empty.
+fn policy_name(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    if name.is_empty() {
+        return Err("empty policy name (two commas in a row, or a trailing comma?)".into());
+    }
+    Ok(name.to_string())
 }
 
 fn main() -> Result<()> {
@@ -63,22 +80,25 @@ fn main() -> Result<()> {
             seed,
             out,
             policy,
+            verbose,
         } => {
             let sc = Scenario::load(&scenario)?;
             let opts = RunOptions {
                 seed: seed.unwrap_or(sc.sim.seed),
                 policy: policy.unwrap_or_else(|| sc.sim.policy.clone()),
-                progress: true,
+                progress: Progress::Terminal,
+                ..RunOptions::default()
             };
             let outcome = ebb_sim::run(&sc, &opts)
                 .with_context(|| format!("running scenario {}", scenario.display()))?;
-            let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&sc.name));
+            let dir = out.unwrap_or_else(|| report::default_dir(&sc, &opts));
             report::write_all(&outcome, &dir)?;
-            print!("{}", report::table(&outcome.summary));
-            println!("  {:<44} {}", "outputs", dir.display());
+            let mut text = report::table(&outcome.summary, verbose);
+            text.push_str(&format!("  {:<44} {}\n", "outputs", dir.display()));
+            print_out(&text)?;
             if !outcome.conservation_errors.is_empty() {
                 bail!(
-                    "conservation check failed: {}",
+                    "conservation check failed: the core and the simulated executors disagree: {}",
                     outcome.conservation_errors.join("; ")
                 );
             }
@@ -89,10 +109,23 @@ fn main() -> Result<()> {
             policies,
             seeds,
             out,
+            jobs,
         } => {
+            ensure!(jobs != Some(0), "--jobs must be at least 1");
             let sc = Scenario::load(&scenario)?;
             let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&sc.name).join("sweep"));
-            ebb_sim::sweep::run(&sc, &policies, seeds, &dir)
+            let text = ebb_sim::sweep::run(&sc, &policies, seeds, &dir, jobs)?;
+            print_out(&text)
         }
+    }
+}
+
+/// Writes to stdout; a reader that went away (`ebb-sim run x | head -1`) is
+/// not an error: the outputs are on disk and the exit status stays meaningful.
+fn print_out(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
     }
 }

@@ -7,7 +7,9 @@
 //! market figures are reported as absent.
 
 use anyhow::{Context, Result};
-use ebb_scheduler::{HeadroomPolicy, Ie, PoolId, PoolSpec, Reservation, Scheduler, Timestamp};
+use ebb_scheduler::{
+    Catalog, HeadroomPolicy, Ie, PoolId, PoolSpec, Reservation, Scheduler, Timestamp,
+};
 
 use crate::scenario::Scenario;
 
@@ -144,6 +146,54 @@ impl MarketLink {
                     idle: None,
                     price: None,
                 },
+            })
+            .collect()
+    }
+
+    /// Pool ids in scenario order.
+    pub fn ids(&self) -> &[PoolId] {
+        &self.ids
+    }
+
+    /// Which pools are market-managed, in scenario order.
+    pub fn managed(&self) -> &[bool] {
+        &self.managed
+    }
+
+    /// Reserved micro-IE per pool from the scenario's reservations and the
+    /// catalog, computed here rather than read back from the core.
+    pub fn reserved_micro(&self, sc: &Scenario, catalog: &Catalog) -> Vec<u64> {
+        sc.fleet
+            .pools
+            .iter()
+            .map(|p| {
+                p.reservations
+                    .iter()
+                    .map(|r| {
+                        catalog
+                            .ie_of(&r.instance_type)
+                            .map_or(0, |ie| ie.as_micro())
+                            .saturating_mul(u64::from(r.count))
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// Per pool in scenario order: the core's (streaming, headroom, supply)
+    /// in micro-IE, or `None` for a pool that is not market-managed.
+    pub fn raw_statuses(&self, core: &Scheduler) -> Vec<Option<(u64, u64, u64)>> {
+        self.ids
+            .iter()
+            .zip(&self.managed)
+            .map(|(id, &managed)| {
+                core.pool(id).filter(|_| managed).map(|s| {
+                    (
+                        s.streaming.as_micro(),
+                        s.headroom.as_micro(),
+                        s.supply.as_micro(),
+                    )
+                })
             })
             .collect()
     }

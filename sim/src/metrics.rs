@@ -2,10 +2,13 @@
 //! IE integrals per pool, host usage against the packing lower bound, and
 //! the figures of the summary.
 
-use ebb_scheduler::{JobCounts, LedgerEntry, PoolTotals, Resources, TaskState, Totals};
+use std::collections::BTreeMap;
+
+use ebb_scheduler::{JobCounts, JobId, LedgerEntry, PoolTotals, Resources, TaskState, Totals};
 use serde::Serialize;
 
 use crate::engine::RunOptions;
+use crate::executors::PoolIntegrals;
 use crate::market::PoolView;
 use crate::scenario::{Scenario, WorkloadKind};
 use crate::workload::SimJob;
@@ -108,6 +111,9 @@ pub struct JobRow {
 pub struct Pctl {
     /// Values.
     pub n: usize,
+    /// Values that are lower bounds (e.g. jobs still waiting at the end,
+    /// counted at their wait so far); when nonzero the percentiles are lower bounds too.
+    pub n_censored: usize,
     /// Median.
     pub p50: f64,
     /// 90th percentile.
@@ -126,6 +132,7 @@ impl Pctl {
         let at = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
         Pctl {
             n: v.len(),
+            n_censored: 0,
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
@@ -157,37 +164,71 @@ pub struct TaskOutcomes {
     pub failed: u64,
     /// Killed.
     pub killed: u64,
-    /// Still queued (pending or backing off).
+    /// Still queued at the end (pending or backing off).
     pub queued: u64,
-    /// Still placed (assigned, running or stopping).
+    /// Placed at the end: on a host (assigned, running or stopping) when the run ended.
     pub placed: u64,
 }
 
-/// IE-hour integrals over the run, from the core's market accounts
-/// (`Scheduler::pool_totals`): streaming + headroom + leased + idle = reserved.
-/// All zero when no pool is market-managed (`market = false`).
+/// IE-hour integrals over the market-managed pools, integrated exactly
+/// between events. Reserved comes from the scenario; leased, allocated and
+/// critical from the simulated executors' own view of what runs where;
+/// streaming, headroom, supply and idle from the core's market figures.
+/// All zero when no pool is market-managed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Capacity {
     /// True if at least one pool is market-managed.
     pub market: bool,
-    /// Reserved IE-hours.
+    /// Reserved IE-hours (the scenario's reservations × the catalog's IE).
     pub reserved_ie_h: f64,
-    /// Streaming IE-hours.
+    /// Streaming IE-hours (the core's account, capped at reserved).
     pub streaming_ie_h: f64,
-    /// Headroom IE-hours kept free.
+    /// Headroom IE-hours kept free (the core's account: headroom eaten by
+    /// leases beyond supply is not kept).
     pub headroom_ie_h: f64,
-    /// Supply IE-hours: what batch could lease (idle reserved capacity).
-    pub supply_ie_h: f64,
-    /// Leased IE-hours.
+    /// Leased IE-hours: IE of hosts the executors run flex work on (capped
+    /// at reserved − streaming, as the capacity split needs).
     pub leased_ie_h: f64,
-    /// Idle IE-hours: reserved and unused.
+    /// Idle IE-hours: supply not leased (the core's account).
     pub idle_ie_h: f64,
-    /// Harvested share of idle reserved IE-hours: leased ÷ supply.
+    /// reserved − (streaming + headroom + leased + idle): zero unless the
+    /// core's lease accounting and the executors disagree.
+    pub identity_gap_ie_h: f64,
+    /// Supply IE-hours: what batch could lease.
+    pub supply_ie_h: f64,
+    /// Leased within supply: ∫ min(leased, supply).
+    pub leased_within_supply_ie_h: f64,
+    /// Leased beyond supply: ∫ max(0, leased − supply) — headroom eaten by batch.
+    pub leased_beyond_supply_ie_h: f64,
+    /// Harvested share of supply: leased within supply ÷ supply (at most 1).
     pub harvested_share: f64,
-    /// Times a pool went from leased ≤ supply to leased > supply (checked after each round).
+    /// The most that could have been harvested: ∫ min(supply, the pools'
+    /// executor host IE) ÷ supply.
+    pub reachable_share: f64,
+    /// IE-hours that flex tasks actually hold on leased hosts (host IE ×
+    /// dominant share of each task).
+    pub allocated_ie_h: f64,
+    /// Allocated ÷ leased (uncapped): how full the leased hosts were.
+    pub allocated_share_of_leased: f64,
+    /// IE-hours of hosts carrying critical work and no flex work: reserved
+    /// capacity used outside the market (critical work ignores supply).
+    pub critical_ie_h: f64,
+    /// Headroom shortfall: ∫ max(0, streaming + headroom − reserved), IE-hours.
+    pub shortfall_ie_h: f64,
+    /// Violation episodes: a pool went from leased ≤ supply to leased > supply.
     pub headroom_violations: u64,
-    /// ∫ max(0, leased − supply) dt, in IE-minutes (the core's account).
+    /// Time pools spent with leased > supply, summed over pools, minutes.
+    pub violation_minutes: f64,
+    /// ∫ max(0, leased − supply) dt, in IE-minutes.
     pub headroom_violation_ie_min: f64,
+    /// The grace a violation gets before it counts as "beyond grace": one
+    /// round interval plus the preemption grace (reclaim notices at the next
+    /// round; victims are gone by the end of their grace), s.
+    pub violation_grace_s: f64,
+    /// Episodes that lasted longer than that grace.
+    pub violations_beyond_grace: u64,
+    /// The part of `headroom_violation_ie_min` more than one grace into an episode.
+    pub violation_ie_min_beyond_grace: f64,
     /// Preemptions planned as part of an emergency reclaim.
     pub n_emergency_preemptions: u64,
     /// Preemptions planned beyond a job's disruption budget.
@@ -196,6 +237,21 @@ pub struct Capacity {
     pub charges: f64,
     /// IE-hours of work lost to preemption, by the core's ledger.
     pub ledger_lost_ie_h: f64,
+}
+
+/// Executor faults and what they cost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FaultFigures {
+    /// Hosts lost (random, scheduled, or with their whole pool).
+    pub n_host_losses: u64,
+    /// Host drains started.
+    pub n_host_drains: u64,
+    /// Launches that failed before the task started.
+    pub n_launch_failures: u64,
+    /// CPU-hours of work since the last checkpoint lost with lost hosts.
+    pub lost_host_cpu_h: f64,
+    /// CPU-hours spent writing and restoring checkpoints.
+    pub checkpoint_overhead_cpu_h: f64,
 }
 
 /// Hosts used versus the packing lower bound, averaged over samples.
@@ -259,24 +315,33 @@ pub struct Summary {
     pub n_jobs: u64,
     /// Task outcomes.
     pub tasks: TaskOutcomes,
-    /// CPU-hours of completed batch work.
+    /// CPU-hours of completed work (both tiers).
     pub goodput_cpu_h: f64,
+    /// The part of it done by critical-tier tasks.
+    pub critical_goodput_cpu_h: f64,
     /// CPU-hours of work lost to preemption (run time since the last checkpoint).
     pub lost_preempt_cpu_h: f64,
     /// Lost to preemption as % of goodput.
     pub lost_preempt_pct: f64,
-    /// CPU-hours of work lost to failed runs.
+    /// CPU-hours of work lost to failed runs (task failures and launch failures).
     pub lost_failure_cpu_h: f64,
+    /// Executor faults and checkpoint costs.
+    pub faults: FaultFigures,
     /// Preemptions (stop requests with cause preempt).
     pub n_preemptions: u64,
-    /// Hours from submission to first launch, over jobs that launched.
+    /// Hours from submission to first launch, over every submitted job; jobs
+    /// that never launched count at their wait so far (censored).
     pub job_wait_h: Pctl,
+    /// Submitted jobs none of whose tasks ever launched.
+    pub n_jobs_never_launched: u64,
     /// Hours from submission to the end of every task, over finished jobs.
     pub job_completion_h: Pctl,
     /// Season drops.
     pub seasons: Vec<Season>,
     /// IE-hour integrals.
     pub capacity: Capacity,
+    /// Why the harvested share is low, in one line (when it is below 80%).
+    pub harvest_note: Option<String>,
     /// Packing.
     pub hosts: Hosts,
     /// Wall-clock figures.
@@ -294,8 +359,9 @@ pub struct Metrics {
     n_preemptions: u64,
     outcomes: TaskOutcomes,
     preempt_since_sample: Vec<u32>,
-    violating: Vec<bool>,
     cap: Capacity,
+    n_samples: u64,
+    n_samples_queue_empty: u64,
     // Hosts.
     host_caps_desc: [Vec<u64>; 3],
     n_hosts: u32,
@@ -327,6 +393,24 @@ pub struct Metrics {
     pub pool_totals: Option<Vec<PoolTotals>>,
     /// The core's ledger at the end.
     pub ledger: Vec<LedgerEntry>,
+    /// The executors' integrals per pool, in scenario order, at the end.
+    pub pool_books: Vec<PoolIntegrals>,
+    /// Live runs per job in the executors' view at the end.
+    pub exec_runs_per_job: BTreeMap<JobId, u32>,
+    /// Pool ids, in scenario order.
+    pool_ids: Vec<String>,
+    /// Preemption grace + round interval (see [`Capacity::violation_grace_s`]), ms.
+    pub grace_ms: u64,
+    /// Hosts lost (random, scheduled or pool-wide).
+    pub n_host_losses: u64,
+    /// Host drains started.
+    pub n_host_drains: u64,
+    /// Launches that failed before the task started.
+    pub n_launch_failures: u64,
+    /// CPU-hours of work lost with lost hosts.
+    pub lost_host_cpu_h: f64,
+    /// CPU-hours spent writing and restoring checkpoints.
+    pub checkpoint_overhead_cpu_h: f64,
 }
 
 impl Metrics {
@@ -341,8 +425,9 @@ impl Metrics {
             n_preemptions: 0,
             outcomes: TaskOutcomes::default(),
             preempt_since_sample: vec![0; sc.fleet.pools.len()],
-            violating: vec![false; sc.fleet.pools.len()],
             cap: Capacity::default(),
+            n_samples: 0,
+            n_samples_queue_empty: 0,
             host_caps_desc: Default::default(),
             n_hosts: 0,
             used_sum: 0.0,
@@ -361,6 +446,26 @@ impl Metrics {
             idle_round_nanos: 0,
             pool_totals: None,
             ledger: Vec::new(),
+            pool_books: Vec::new(),
+            exec_runs_per_job: BTreeMap::new(),
+            pool_ids: sc.fleet.pools.iter().map(|p| p.id.clone()).collect(),
+            grace_ms: 0,
+            n_host_losses: 0,
+            n_host_drains: 0,
+            n_launch_failures: 0,
+            lost_host_cpu_h: 0.0,
+            checkpoint_overhead_cpu_h: 0.0,
+        }
+    }
+
+    /// Disagreements between the core and the simulated executors.
+    pub fn on_conservation_errors(&mut self, errors: Vec<String>) {
+        // One bug shows at every sample after it: keep the first few.
+        const KEEP: usize = 20;
+        for e in errors {
+            if self.conservation_errors.len() < KEEP {
+                self.conservation_errors.push(e);
+            }
         }
     }
 
@@ -474,20 +579,6 @@ impl Metrics {
         }
     }
 
-    /// After a round: count pools that start eating into headroom.
-    pub fn on_round(&mut self, pools: &[PoolView]) {
-        for (i, p) in pools.iter().enumerate() {
-            if let (Some(supply), Some(leased)) = (p.supply, p.leased) {
-                // The core's IE are integer micro-IE: compare with that slack.
-                let violating = leased - supply > 1e-6;
-                if violating && !self.violating[i] {
-                    self.cap.headroom_violations += 1;
-                }
-                self.violating[i] = violating;
-            }
-        }
-    }
-
     /// A time-series sample.
     pub fn on_sample(&mut self, now: u64, pools: &[PoolView], totals: &Totals, hosts_used: u32) {
         let t_h = now as f64 / 3.6e6;
@@ -508,6 +599,8 @@ impl Metrics {
                 preemptions: std::mem::take(&mut self.preempt_since_sample[i]),
             });
         }
+        self.n_samples += 1;
+        self.n_samples_queue_empty += u64::from(self.n_pending == 0);
         let bound = self.lower_bound(&totals.allocated);
         self.used_sum += f64::from(hosts_used);
         self.bound_sum += f64::from(bound);
@@ -523,11 +616,15 @@ impl Metrics {
         });
     }
 
-    /// Checks that the core's counts for job `j` add up and agree with the simulator's.
-    pub fn check_job(&mut self, j: usize, job: &SimJob, c: Option<JobCounts>) {
+    /// Checks that the core's counts for job `j` add up and agree with the
+    /// simulated executors' (completed, failed, and runs live on hosts).
+    /// `submitted`: the job's submission time was within the run.
+    pub fn check_job(&mut self, j: usize, job: &SimJob, c: Option<JobCounts>, submitted: bool) {
         let Some(c) = c else {
-            self.conservation_errors
-                .push(format!("job {j} unknown to the core"));
+            if submitted {
+                self.conservation_errors
+                    .push(format!("job {j} was submitted but is unknown to the core"));
+            }
             return;
         };
         let sum = c.pending + c.running + c.stopping + c.completed + c.failed + c.killed;
@@ -550,6 +647,17 @@ impl Metrics {
                 c.completed, c.failed, self.jobs[j].n_completed, self.jobs[j].n_failed
             ));
         }
+        let live = self
+            .exec_runs_per_job
+            .get(&JobId(j as u64))
+            .copied()
+            .unwrap_or(0);
+        if c.running + c.stopping != live {
+            self.conservation_errors.push(format!(
+                "job {j}: core places {} tasks on hosts, the executors run {live}",
+                c.running + c.stopping
+            ));
+        }
     }
 
     /// Conservation problems found by [`Metrics::check_job`].
@@ -567,24 +675,7 @@ impl Metrics {
         trace_hash: String,
         end: u64,
     ) -> crate::engine::Outcome {
-        if let Some(totals) = &self.pool_totals {
-            let c = &mut self.cap;
-            c.market = true;
-            for t in totals {
-                c.reserved_ie_h += t.reserved_ie_hours;
-                c.streaming_ie_h += t.streaming_ie_hours;
-                c.headroom_ie_h += t.headroom_ie_hours;
-                c.supply_ie_h += t.supply_ie_hours;
-                c.leased_ie_h += t.leased_ie_hours;
-                c.idle_ie_h += t.idle_ie_hours;
-                c.headroom_violation_ie_min += t.violation_ie_hours * 60.0;
-            }
-            c.harvested_share = if c.supply_ie_h > 0.0 {
-                c.leased_ie_h / c.supply_ie_h
-            } else {
-                0.0
-            };
-        }
+        self.capacity_from_books(end);
         self.cap.n_emergency_preemptions = self.n_emergency_preemptions;
         self.cap.n_over_budget_preemptions = self.n_over_budget_preemptions;
         self.cap.charges = self.ledger.iter().map(|e| e.charges).sum();
@@ -592,13 +683,21 @@ impl Metrics {
         let mut rows = Vec::with_capacity(jobs.len());
         let (mut waits, mut completions) = (Vec::new(), Vec::new());
         let (mut goodput, mut lost_pre, mut lost_fail) = (0.0, 0.0, 0.0);
+        let (mut critical_goodput, mut n_never) = (0.0, 0);
         for (j, job) in jobs.iter().enumerate() {
             let t = &self.jobs[j];
             let wait_h = t.first_launch.map(|l| (l - job.submit_ms) as f64 / 3.6e6);
             let completion_h = t.done_at.map(|d| (d - job.submit_ms) as f64 / 3.6e6);
-            waits.extend(wait_h);
+            if job.submit_ms <= end {
+                // A job that never launched has waited at least until the end.
+                waits.push(wait_h.unwrap_or((end - job.submit_ms) as f64 / 3.6e6));
+                n_never += u64::from(wait_h.is_none());
+            }
             completions.extend(completion_h);
             goodput += t.goodput_cpu_h;
+            if job.spec.tier == ebb_scheduler::Tier::Critical {
+                critical_goodput += t.goodput_cpu_h;
+            }
             lost_pre += t.lost_preempt_cpu_h;
             lost_fail += t.lost_failure_cpu_h;
             rows.push(JobRow {
@@ -674,11 +773,24 @@ impl Metrics {
                 0.0
             },
             lost_failure_cpu_h: lost_fail,
+            critical_goodput_cpu_h: critical_goodput,
+            faults: FaultFigures {
+                n_host_losses: self.n_host_losses,
+                n_host_drains: self.n_host_drains,
+                n_launch_failures: self.n_launch_failures,
+                lost_host_cpu_h: self.lost_host_cpu_h,
+                checkpoint_overhead_cpu_h: self.checkpoint_overhead_cpu_h,
+            },
             n_preemptions: self.n_preemptions,
-            job_wait_h: Pctl::of(&mut waits),
+            job_wait_h: Pctl {
+                n_censored: n_never as usize,
+                ..Pctl::of(&mut waits)
+            },
+            n_jobs_never_launched: n_never,
             job_completion_h: Pctl::of(&mut completions),
             seasons,
             capacity: self.cap.clone(),
+            harvest_note: self.harvest_note(),
             hosts: Hosts {
                 n_hosts: self.n_hosts,
                 used_mean,
@@ -719,5 +831,122 @@ impl Metrics {
             jobs: rows,
             conservation_errors: self.conservation_errors,
         }
+    }
+}
+
+impl Metrics {
+    /// Fills [`Capacity`] from the executors' books and checks them against
+    /// the core's own accounts (`pool_totals`), pool by pool.
+    fn capacity_from_books(&mut self, end: u64) {
+        let ie_h = PoolIntegrals::ie_h;
+        let Some(totals) = self.pool_totals.clone() else {
+            return;
+        };
+        let c = &mut self.cap;
+        c.market = true;
+        c.violation_grace_s = self.grace_ms as f64 / 1e3;
+        let (mut uncapped_leased, mut held, mut reachable) = (0.0, 0.0, 0.0);
+        for (i, b) in self.pool_books.iter().enumerate() {
+            let id = &self.pool_ids[i];
+            let Some(t) = totals.iter().find(|t| t.pool.as_str() == id) else {
+                continue;
+            };
+            c.reserved_ie_h += ie_h(b.reserved);
+            c.streaming_ie_h += t.streaming_ie_hours;
+            c.headroom_ie_h += t.headroom_ie_hours;
+            c.leased_ie_h += ie_h(b.leased);
+            c.idle_ie_h += t.idle_ie_hours;
+            c.supply_ie_h += ie_h(b.supply);
+            c.leased_within_supply_ie_h += ie_h(b.within_supply);
+            c.leased_beyond_supply_ie_h += ie_h(b.beyond_supply);
+            c.critical_ie_h += ie_h(b.critical);
+            c.shortfall_ie_h += ie_h(b.shortfall);
+            c.headroom_violations += b.n_violations;
+            c.violation_minutes += b.violating_ms as f64 / 60_000.0;
+            c.headroom_violation_ie_min += ie_h(b.beyond_supply) * 60.0;
+            c.violations_beyond_grace += b.n_long_violations;
+            c.violation_ie_min_beyond_grace += ie_h(b.beyond_after_grace) * 60.0;
+            uncapped_leased += ie_h(b.within_supply + b.beyond_supply);
+            held += b.held / 3.6e12;
+            reachable += ie_h(b.reachable);
+            // Independent sums against the core's accounts.
+            let parts =
+                t.streaming_ie_hours + t.headroom_ie_hours + ie_h(b.leased) + t.idle_ie_hours;
+            let checks = [
+                (
+                    "reserved = streaming + headroom + leased (executors) + idle",
+                    ie_h(b.reserved),
+                    parts,
+                ),
+                (
+                    "leased IE-h (core vs executors)",
+                    t.leased_ie_hours,
+                    ie_h(b.leased),
+                ),
+                (
+                    "supply IE-h (core's account vs its reports)",
+                    t.supply_ie_hours,
+                    ie_h(b.supply),
+                ),
+                (
+                    "leased beyond supply IE-h (core vs executors)",
+                    t.violation_ie_hours,
+                    ie_h(b.beyond_supply),
+                ),
+                (
+                    "reserved IE-h (core vs scenario)",
+                    t.reserved_ie_hours,
+                    ie_h(b.reserved),
+                ),
+            ];
+            for (what, a, b) in checks {
+                // Both sides are exact integer micro-IE·ms sums; the slack is float printing.
+                if (a - b).abs() > 1e-6 * a.abs().max(b.abs()).max(1.0) {
+                    self.conservation_errors.push(format!(
+                        "pool {id} over {:.1} h: {what}: {a:.6} vs {b:.6}",
+                        end as f64 / 3.6e6
+                    ));
+                }
+            }
+        }
+        c.identity_gap_ie_h =
+            c.reserved_ie_h - (c.streaming_ie_h + c.headroom_ie_h + c.leased_ie_h + c.idle_ie_h);
+        let share = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        c.harvested_share = share(c.leased_within_supply_ie_h, c.supply_ie_h);
+        c.reachable_share = share(reachable, c.supply_ie_h);
+        c.allocated_ie_h = held;
+        c.allocated_share_of_leased = share(held, uncapped_leased);
+    }
+
+    /// One line saying why the harvested share is low, or `None` if it is
+    /// at least 80% (or there is no market).
+    fn harvest_note(&self) -> Option<String> {
+        let c = &self.cap;
+        if !c.market || c.supply_ie_h <= 0.0 || c.harvested_share >= 0.8 {
+            return None;
+        }
+        // The executor fleet is the limit only when batch got most of what it could reach.
+        if c.reachable_share < 0.9 && c.harvested_share >= 0.8 * c.reachable_share {
+            return Some(format!(
+                "the market pools' executor hosts can hold at most {:.0}% of supply: supply outgrows the executor fleet, so more executor hosts (not another policy) would harvest more",
+                100.0 * c.reachable_share
+            ));
+        }
+        let empty = if self.n_samples > 0 {
+            self.n_samples_queue_empty as f64 / self.n_samples as f64
+        } else {
+            0.0
+        };
+        if empty > 0.25 {
+            return Some(format!(
+                "no batch task was waiting in {:.0}% of the samples: the workload, not the market, is the limit (the executor hosts could hold {:.0}% of supply)",
+                100.0 * empty,
+                100.0 * c.reachable_share
+            ));
+        }
+        Some(
+            "batch work waited while supply was idle: see the jobs' pending reasons (placement, constraints, team caps) and the packing figures"
+                .into(),
+        )
     }
 }

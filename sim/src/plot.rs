@@ -69,20 +69,36 @@ fn time_chart<'a, 'b>(
     Ok(chart)
 }
 
+/// Splits one pool's reserved IE into streaming, headroom kept, leased and
+/// idle parts that add up to exactly reserved: streaming first (capped at
+/// reserved), then leased (capped at what streaming leaves), then the
+/// headroom still kept, and the rest idle. Headroom eaten by leases beyond
+/// supply shows once, as leased; a shortfall shows as a stack at reserved.
+pub fn capacity_split(reserved: f64, streaming: f64, headroom: f64, leased: f64) -> [f64; 4] {
+    let s = streaming.clamp(0.0, reserved);
+    let l = leased.clamp(0.0, reserved - s);
+    let h = headroom.clamp(0.0, reserved - s - l);
+    [s, h, l, reserved - s - l - h]
+}
+
 /// Fleet-wide (all market-managed pools) streaming, headroom, leased and
-/// idle IE per sample, stacked: the top of the stack is the reserved IE.
+/// idle IE per sample, stacked: the top of the stack is the reserved IE,
+/// drawn as a line; supply is drawn as a dashed line.
 fn capacity(out: &Outcome, path: &Path) -> Result<()> {
-    // (t, [streaming, headroom, leased, idle])
-    let mut rows: Vec<(f64, [f64; 4])> = Vec::new();
+    // (t, [streaming, headroom, leased, idle], reserved, supply)
+    let mut rows: Vec<(f64, [f64; 4], f64, f64)> = Vec::new();
     for s in &out.pool_series {
-        let (Some(h), Some(l), Some(i)) = (s.headroom_ie, s.leased_ie, s.idle_ie) else {
+        let (Some(h), Some(l), Some(sup)) = (s.headroom_ie, s.leased_ie, s.supply_ie) else {
             continue;
         };
-        // Headroom eaten by leases beyond supply shows as leased, not twice.
-        let part = [s.streaming_ie, h, l, i];
+        let part = capacity_split(s.reserved_ie, s.streaming_ie, h, l);
         match rows.last_mut() {
-            Some((t, acc)) if *t == s.t_h => acc.iter_mut().zip(part).for_each(|(a, p)| *a += p),
-            _ => rows.push((s.t_h, part)),
+            Some((t, acc, r, su)) if *t == s.t_h => {
+                acc.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+                *r += s.reserved_ie;
+                *su += sup;
+            }
+            _ => rows.push((s.t_h, part, s.reserved_ie, sup)),
         }
     }
     let layers = [
@@ -92,11 +108,7 @@ fn capacity(out: &Outcome, path: &Path) -> Result<()> {
         ("streaming", RGBColor(65, 105, 225)),
     ];
     let root = canvas(path)?;
-    let y_max = rows
-        .iter()
-        .map(|(_, p)| p.iter().sum::<f64>())
-        .fold(1.0, f64::max)
-        * 1.05;
+    let y_max = rows.iter().map(|r| r.2).fold(1.0, f64::max) * 1.05;
     let mut chart = time_chart(
         &root,
         out,
@@ -109,13 +121,33 @@ fn capacity(out: &Outcome, path: &Path) -> Result<()> {
         let upto = 4 - k; // idle: all four; streaming: only itself
         let series = rows
             .iter()
-            .map(|(t, p)| (*t, p[..upto].iter().sum::<f64>()));
+            .map(|(t, p, ..)| (*t, p[..upto].iter().sum::<f64>()));
         chart
             .draw_series(AreaSeries::new(series, 0.0, color.mix(0.85)))
             .map_err(err)?
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
+    chart
+        .draw_series(LineSeries::new(
+            rows.iter().map(|r| (r.0, r.2)),
+            BLACK.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label("reserved")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLACK.stroke_width(2)));
+    chart
+        .draw_series(DashedLineSeries::new(
+            rows.iter().map(|r| (r.0, r.1[0] + r.1[1] + r.3)),
+            6,
+            4,
+            RGBColor(139, 0, 0).stroke_width(2),
+        ))
+        .map_err(err)?
+        .label("streaming + headroom + supply (leases above it eat headroom)")
+        .legend(|(x, y)| {
+            PathElement::new([(x, y), (x + 15, y)], RGBColor(139, 0, 0).stroke_width(2))
+        });
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -227,14 +259,15 @@ pub fn sweep(path: &Path, title: &str, panels: &[(String, Vec<SweepBar>)]) -> Re
         let n = bars.len();
         let lo = bars.iter().map(|b| b.min).fold(f64::INFINITY, f64::min);
         let hi = bars.iter().map(|b| b.max).fold(f64::NEG_INFINITY, f64::max);
-        let pad = ((hi - lo).abs() * 0.1).max(hi.abs() * 0.02).max(1e-9);
-        let (y0, y1) = (
-            (lo - pad).min(if lo >= 0.0 { 0.0 } else { lo - pad }),
-            hi + pad,
-        );
+        let (y0, y1, zoomed) = sweep_axis(lo, hi);
+        let caption = if zoomed {
+            format!("{metric} — axis from {}, not zero", short(y0))
+        } else {
+            metric.clone()
+        };
         let names: Vec<String> = bars.iter().map(|b| b.policy.clone()).collect();
         let mut chart = ChartBuilder::on(&area)
-            .caption(metric, ("sans-serif", 15))
+            .caption(caption, ("sans-serif", 15))
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(65)
@@ -276,4 +309,77 @@ pub fn sweep(path: &Path, title: &str, panels: &[(String, Vec<SweepBar>)]) -> Re
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// The y range of a sweep panel for values in `[lo, hi]`: from zero when
+/// that still shows the differences between policies, else zoomed onto
+/// them (`true`: the axis does not start at zero, and the caption says so).
+/// Zoom when the spread is under a fifth of the largest magnitude: from
+/// zero, a 20% difference is still a visible fifth of the panel.
+pub fn sweep_axis(lo: f64, hi: f64) -> (f64, f64, bool) {
+    let spread = hi - lo;
+    let scale = hi.abs().max(lo.abs());
+    if lo >= 0.0 && spread >= 0.2 * scale {
+        let pad = (spread * 0.1).max(1e-9);
+        return (0.0, hi + pad, false);
+    }
+    if hi <= 0.0 && spread >= 0.2 * scale {
+        let pad = (spread * 0.1).max(1e-9);
+        return (lo - pad, 0.0, false);
+    }
+    // All policies agree within 20%: show where they differ.
+    let pad = (spread * 0.15).max(scale * 0.005).max(1e-9);
+    let (y0, y1) = (lo - pad, hi + pad);
+    let crosses_zero = y0 <= 0.0 && y1 >= 0.0;
+    (y0, y1, !crosses_zero)
+}
+
+fn short(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capacity_stack_never_exceeds_reserved() {
+        let cases = [
+            // (reserved, streaming, headroom, leased)
+            (10.0, 4.0, 2.0, 3.0),  // ordinary
+            (10.0, 4.0, 2.0, 6.0),  // leases beyond supply eat headroom
+            (10.0, 12.0, 1.2, 0.0), // streaming above reserved
+            (10.0, 8.0, 4.0, 0.0),  // shortfall: streaming + headroom above reserved
+            (10.0, 0.0, 0.0, 15.0), // unreasonably many leases
+        ];
+        for (r, s, h, l) in cases {
+            let p = capacity_split(r, s, h, l);
+            let sum: f64 = p.iter().sum();
+            assert!((sum - r).abs() < 1e-9, "{p:?}");
+            assert!(p.iter().all(|v| *v >= 0.0), "{p:?}");
+        }
+        assert_eq!(capacity_split(10.0, 4.0, 2.0, 6.0), [4.0, 0.0, 6.0, 0.0]);
+        assert_eq!(capacity_split(10.0, 4.0, 2.0, 3.0), [4.0, 2.0, 3.0, 1.0]);
+    }
+
+    #[test]
+    fn sweep_axes_zoom_only_when_differences_are_small() {
+        // Harvest 40% vs 80%: from zero.
+        assert!(!sweep_axis(40.0, 80.0).2);
+        assert_eq!(sweep_axis(40.0, 80.0).0, 0.0);
+        // Goodput 10,000 vs 10,150 CPU-h: zoomed, and the differences fill the panel.
+        let (y0, y1, zoomed) = sweep_axis(10_000.0, 10_150.0);
+        assert!(zoomed);
+        assert!(y0 > 9_900.0 && y1 < 10_250.0, "{y0}..{y1}");
+        // One value: still a range around it.
+        let (y0, y1, _) = sweep_axis(5.0, 5.0);
+        assert!(y0 < 5.0 && y1 > 5.0);
+        // Zero everywhere: a range that includes zero, not called zoomed.
+        let (y0, y1, zoomed) = sweep_axis(0.0, 0.0);
+        assert!(y0 <= 0.0 && y1 > 0.0 && !zoomed);
+    }
 }

@@ -33,6 +33,9 @@ pub struct Scenario {
     /// Batch workload generators.
     #[serde(default)]
     pub workload: Vec<WorkloadSpec>,
+    /// Host failures, drains, pool-wide losses and launch failures.
+    #[serde(default)]
+    pub faults: FaultsSpec,
     /// Team shares passed to the scheduler (`[teams.encoding] weight = 2`).
     #[serde(default)]
     pub teams: BTreeMap<String, TeamConfig>,
@@ -191,12 +194,45 @@ pub struct DemandSpec {
     /// Relative Gaussian noise per report (0.02 = 2%).
     #[serde(default)]
     pub noise: f64,
-    /// `csv`: path of a `time_s,value` file, relative to the scenario file.
+    /// `csv`: path of the file, relative to the scenario file.
     #[serde(default)]
     pub file: Option<String>,
     /// `csv`: the file's time that maps to simulation time zero.
     #[serde(default)]
     pub shift: Dur,
+    /// `csv`: header of the time column.
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+    /// `csv`: what one unit of the time column is (`"1s"`, `"1m"`, `"5m"`).
+    #[serde(default = "default_time_unit")]
+    pub time_unit: Dur,
+    /// `csv`: header of the demand column.
+    #[serde(default = "default_value_column")]
+    pub value_column: String,
+    /// `csv`: how values map onto `[trough_ie, peak_ie]`.
+    #[serde(default)]
+    pub value_scale: ValueScale,
+}
+
+fn default_time_column() -> String {
+    "time_s".into()
+}
+fn default_time_unit() -> Dur {
+    Dur::secs(1)
+}
+fn default_value_column() -> String {
+    "value".into()
+}
+
+/// How a CSV curve's values become demand.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueScale {
+    /// The file's minimum maps to `trough_ie` and its maximum to `peak_ie`.
+    #[default]
+    MinMax,
+    /// Values are fractions in `[0, 1]`: 0 is `trough_ie`, 1 is `peak_ie`.
+    Fraction,
 }
 
 fn default_peak_hour() -> f64 {
@@ -223,6 +259,82 @@ pub struct FailoverSpec {
     pub at: Dur,
     /// How long until it serves again.
     pub duration: Dur,
+}
+
+/// `[faults]`: what goes wrong with executors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsSpec {
+    /// Random host failures per host per day (Poisson): the host is lost
+    /// with everything on it (`handle_host_lost`).
+    #[serde(default)]
+    pub host_failures_per_day: f64,
+    /// A failed host comes back, empty, after this; absent: never.
+    #[serde(default)]
+    pub host_repair: Option<Dur>,
+    /// Random maintenance drains per host per day (Poisson): the host takes
+    /// no new work (`handle_host_draining`) for `drain_duration`.
+    #[serde(default)]
+    pub host_drains_per_day: f64,
+    /// How long a random drain lasts.
+    #[serde(default = "default_drain_duration")]
+    pub drain_duration: Dur,
+    /// Probability that one launch fails before the task starts (image pull,
+    /// container create): reported as a task failure.
+    #[serde(default)]
+    pub launch_failure_probability: f64,
+    /// Faults at given times.
+    #[serde(default)]
+    pub scheduled: Vec<ScheduledFault>,
+}
+
+impl Default for FaultsSpec {
+    /// Nothing goes wrong.
+    fn default() -> Self {
+        FaultsSpec {
+            host_failures_per_day: 0.0,
+            host_repair: None,
+            host_drains_per_day: 0.0,
+            drain_duration: default_drain_duration(),
+            launch_failure_probability: 0.0,
+            scheduled: Vec::new(),
+        }
+    }
+}
+
+fn default_drain_duration() -> Dur {
+    // A rolling kernel or agent upgrade: about an hour per host.
+    Dur::hours(1)
+}
+
+/// `[[faults.scheduled]]`: a fault at a given time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledFault {
+    /// When.
+    pub at: Dur,
+    /// What.
+    pub kind: FaultKind,
+    /// The pool whose hosts it hits.
+    pub pool: String,
+    /// How many of the pool's live hosts (in host order); `pool_lost` takes all.
+    #[serde(default)]
+    pub hosts: Option<u32>,
+    /// Lost hosts come back, drained hosts take work again, after this; absent: never.
+    #[serde(default)]
+    pub duration: Option<Dur>,
+}
+
+/// Kinds of scheduled fault.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// `hosts` hosts are lost with their work.
+    HostLost,
+    /// `hosts` hosts drain: running work continues, no new work lands.
+    HostDrain,
+    /// The whole pool's executors are lost at once (an executor-wide failure).
+    PoolLost,
 }
 
 /// A random duration: `{ dist = "lognormal", mean = "20m", sigma = 0.5 }`.
@@ -322,6 +434,21 @@ pub struct WorkloadSpec {
     /// Progress is saved every this much run time; `None`: never.
     #[serde(default)]
     pub checkpoint_interval: Option<Dur>,
+    /// Time to write one checkpoint (no progress meanwhile); each
+    /// `checkpoint_interval` of progress is saved only once its write completes.
+    #[serde(default)]
+    pub checkpoint_write: Dur,
+    /// Time to restore from a checkpoint when a run resumes saved progress.
+    #[serde(default)]
+    pub checkpoint_restore: Dur,
+    /// Gang-schedule each job: all its ready tasks are placed together or
+    /// none (default: true for `ml_training`, false otherwise).
+    #[serde(default)]
+    pub gang: Option<bool>,
+    /// Spread each job's tasks over zones: a zone may hold at most this many
+    /// more of the job's tasks than the least-loaded zone (hard constraint).
+    #[serde(default)]
+    pub zone_balance_max_skew: Option<u32>,
     /// Per-job disruption budget for ordinary reclaim.
     #[serde(default)]
     pub disruption_budget: Option<BudgetSpec>,
@@ -418,13 +545,24 @@ impl Scenario {
 
     /// Parses and validates scenario text (relative paths resolve against `.`).
     pub fn parse(text: &str) -> Result<Scenario> {
-        let sc: Scenario = toml::from_str(text).context("parsing TOML")?;
+        let de = toml::Deserializer::parse(text).context("parsing TOML")?;
+        // `deny_unknown_fields` covers the simulator's own tables; the core's
+        // config types embedded here (`[teams.*]`) ignore unknown keys, so
+        // every key serde skipped anywhere in the file is an error too.
+        let mut unknown = Vec::new();
+        let sc: Scenario = serde_ignored::deserialize(de, |path| unknown.push(dotted(&path)))
+            .context("parsing TOML")?;
+        if let Some(path) = unknown.first() {
+            let hint = known_keys_at::<TeamConfig>(path, "teams", 2);
+            bail!("unknown key `{path}`{hint}");
+        }
         sc.validate()?;
         Ok(sc)
     }
 
     fn validate(&self) -> Result<()> {
         ensure!(!self.name.trim().is_empty(), "`name` must not be empty");
+        self.validate_core_tables()?;
         let s = &self.sim;
         ensure!(s.duration.0 > 0, "`sim.duration` must be greater than zero");
         ensure!(
@@ -461,7 +599,7 @@ impl Scenario {
             !self.fleet.pools.is_empty(),
             "`fleet.pools` must list at least one pool"
         );
-        let catalog = ebb_scheduler::Catalog::builtin();
+        let catalog = self.catalog()?;
         let mut pools = BTreeMap::new();
         for (i, p) in self.fleet.pools.iter().enumerate() {
             let at = format!("`fleet.pools[{i}]` ({})", p.id);
@@ -514,6 +652,35 @@ impl Scenario {
             }
         }
 
+        let n_hosts: u64 = self
+            .fleet
+            .pools
+            .iter()
+            .flat_map(|p| &p.hosts)
+            .map(|h| u64::from(h.count))
+            .sum();
+        ensure!(
+            n_hosts > 0,
+            "`fleet.pools[*].hosts`: no pool has executor hosts, so no batch work could ever run"
+        );
+        ensure!(
+            n_hosts <= MAX_HOSTS,
+            "`fleet.pools[*].hosts`: {n_hosts} executor hosts in all; the simulator takes at most {MAX_HOSTS}"
+        );
+        let steps = |every: Dur| s.duration.0 / every.0.max(1) + 1;
+        let n_reports = steps(s.demand_step) * self.demand.len() as u64;
+        ensure!(
+            n_reports <= MAX_PREBUILT_EVENTS,
+            "`sim.demand_step`: {n_reports} streaming-demand reports over `sim.duration` ({}); at most {MAX_PREBUILT_EVENTS}: use a longer step",
+            s.duration
+        );
+        let n_rows = steps(s.sample_interval) * self.fleet.pools.len() as u64;
+        ensure!(
+            n_rows <= MAX_PREBUILT_EVENTS,
+            "`sim.sample_interval`: {n_rows} rows of pools.csv over `sim.duration` ({}); at most {MAX_PREBUILT_EVENTS}: use a longer interval",
+            s.duration
+        );
+
         let mut seen = BTreeMap::new();
         for (i, d) in self.demand.iter().enumerate() {
             let at = format!("`demand[{i}]` (pool {})", d.pool);
@@ -544,7 +711,15 @@ impl Scenario {
             );
             match d.kind {
                 DemandKind::Csv => {
-                    ensure!(d.file.is_some(), "{at}.file is required for kind = \"csv\"")
+                    ensure!(d.file.is_some(), "{at}.file is required for kind = \"csv\"");
+                    ensure!(
+                        !d.time_column.trim().is_empty() && !d.value_column.trim().is_empty(),
+                        "{at}: `time_column` and `value_column` must not be empty"
+                    );
+                    ensure!(
+                        d.time_unit.0 > 0,
+                        "{at}.time_unit must be greater than zero"
+                    );
                 }
                 DemandKind::Diurnal => {
                     ensure!(d.file.is_none(), "{at}.file is only for kind = \"csv\"")
@@ -561,10 +736,168 @@ impl Scenario {
                 f.duration.0 > 0,
                 "`failover[{i}].duration` must be greater than zero"
             );
+            ensure!(
+                f.at < s.duration,
+                "`failover[{i}].at` ({}) is not before the run ends (`sim.duration` = {})",
+                f.at,
+                s.duration
+            );
         }
+        self.validate_faults(&pools)?;
+        let mut names = BTreeMap::new();
+        let mut n_tasks = 0.0;
         for (i, w) in self.workload.iter().enumerate() {
+            if let Some(first) = names.insert(w.name.as_str(), i) {
+                bail!(
+                    "`workload[{i}].name`: `{}` is also the name of `workload[{first}]`; workload names must be unique (they name jobs and reports)",
+                    w.name
+                );
+            }
             w.validate(i, s.duration)?;
+            self.check_fits_some_host(i, w, &catalog)?;
+            n_tasks += w.expected_tasks(s.duration);
         }
+        ensure!(
+            n_tasks <= MAX_TASKS as f64,
+            "`workload`: about {n_tasks:.0} tasks expected over the run; the simulator takes at most {MAX_TASKS}"
+        );
+        Ok(())
+    }
+
+    fn validate_faults(&self, pools: &BTreeMap<&str, usize>) -> Result<()> {
+        let f = &self.faults;
+        for (v, key) in [
+            (f.host_failures_per_day, "host_failures_per_day"),
+            (f.host_drains_per_day, "host_drains_per_day"),
+        ] {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "`faults.{key}` must be finite and non-negative"
+            );
+        }
+        ensure!(
+            (0.0..=1.0).contains(&f.launch_failure_probability),
+            "`faults.launch_failure_probability` must be in [0, 1]"
+        );
+        ensure!(
+            f.drain_duration.0 > 0,
+            "`faults.drain_duration` must be greater than zero"
+        );
+        if let Some(r) = f.host_repair {
+            ensure!(
+                r.0 > 0,
+                "`faults.host_repair` must be greater than zero when set"
+            );
+        }
+        for (i, x) in f.scheduled.iter().enumerate() {
+            let at = format!("`faults.scheduled[{i}]`");
+            ensure!(
+                pools.contains_key(x.pool.as_str()),
+                "{at}.pool: unknown pool `{}`",
+                x.pool
+            );
+            ensure!(
+                x.at < self.sim.duration,
+                "{at}.at ({}) is not before the run ends (`sim.duration` = {})",
+                x.at,
+                self.sim.duration
+            );
+            match x.kind {
+                FaultKind::PoolLost => ensure!(
+                    x.hosts.is_none(),
+                    "{at}.hosts: `pool_lost` takes every host of the pool; use `host_lost` for some"
+                ),
+                _ => ensure!(
+                    x.hosts.is_some_and(|n| n > 0),
+                    "{at}.hosts is required (> 0) for kind = \"{:?}\"",
+                    x.kind
+                ),
+            }
+            if let Some(d) = x.duration {
+                ensure!(d.0 > 0, "{at}.duration must be greater than zero when set");
+            }
+        }
+        Ok(())
+    }
+
+    /// The instance type catalog the core will use: the built-in one with
+    /// the scenario's `[market]` overrides.
+    pub fn catalog(&self) -> Result<ebb_scheduler::Catalog> {
+        let market: ebb_scheduler::MarketConfig =
+            ebb_scheduler::MarketConfig::deserialize(toml::Value::Table(self.market.clone()))
+                .context("`market`")?;
+        ebb_scheduler::Catalog::builtin()
+            .with_overrides(&market.catalog_overrides, &market.reference_instance_type)
+            .context("`market.catalog_overrides` / `market.reference_instance_type`")
+    }
+
+    /// `[market]` and every `[policies.*]` deserialize into the core's
+    /// types with no key left over, and the default policy exists.
+    fn validate_core_tables(&self) -> Result<()> {
+        strict::<ebb_scheduler::MarketConfig>(&self.market, "market")?;
+        for (name, table) in &self.policies {
+            strict::<SchedulerConfig>(table, &format!("policies.{name}"))?;
+        }
+        self.scheduler_config(&self.sim.policy)
+            .context("`sim.policy`")?;
+        Ok(())
+    }
+
+    /// Refuses a workload whose tasks no executor host of the fleet could
+    /// ever hold: they would wait forever and make every figure misleading.
+    fn check_fits_some_host(
+        &self,
+        i: usize,
+        w: &WorkloadSpec,
+        catalog: &ebb_scheduler::Catalog,
+    ) -> Result<()> {
+        let at = format!("`workload[{i}]` ({})", w.name);
+        let types: Vec<&ebb_scheduler::InstanceType> = self
+            .fleet
+            .pools
+            .iter()
+            .flat_map(|p| &p.hosts)
+            .filter_map(|h| catalog.get(&h.instance_type))
+            .collect();
+        if let Some(model) = &w.gpu_model {
+            let mut models: Vec<&str> = types
+                .iter()
+                .filter_map(|t| t.gpu_model.as_deref())
+                .collect();
+            models.sort_unstable();
+            models.dedup();
+            ensure!(
+                models.contains(&model.as_str()),
+                "{at}.gpu_model: no executor host in the fleet has GPU model `{model}` (the fleet has: {})",
+                if models.is_empty() {
+                    "no GPU hosts".to_string()
+                } else {
+                    models.join(", ")
+                }
+            );
+        }
+        let fits = |t: &&ebb_scheduler::InstanceType| {
+            f64::from(t.vcpus) >= w.cpus
+                && f64::from(t.memory_gib) >= w.memory_gib
+                && t.gpus >= w.gpus
+                && w.gpu_model
+                    .as_ref()
+                    .is_none_or(|m| t.gpu_model.as_ref() == Some(m))
+        };
+        ensure!(
+            types.iter().any(fits),
+            "{at}: no executor host type in the fleet can hold one task ({} vCPUs, {} GiB{}{})",
+            w.cpus,
+            w.memory_gib,
+            if w.gpus > 0 {
+                format!(", {} GPUs", w.gpus)
+            } else {
+                String::new()
+            },
+            w.gpu_model
+                .as_ref()
+                .map_or(String::new(), |m| format!(" of model {m}"))
+        );
         Ok(())
     }
 
@@ -601,6 +934,24 @@ impl Scenario {
 }
 
 impl WorkloadSpec {
+    /// Tasks this workload submits over a run of `duration`, on average.
+    pub fn expected_tasks(&self, duration: Dur) -> f64 {
+        let span_h = self.end.unwrap_or(duration).0.saturating_sub(self.start.0) as f64 / 3.6e6;
+        match self.kind {
+            WorkloadKind::SeasonDrop => f64::from(self.output_files.unwrap_or(0)),
+            WorkloadKind::Steady => {
+                self.jobs_per_hour.unwrap_or(0.0)
+                    * span_h
+                    * f64::from(self.tasks_per_job.unwrap_or(0))
+            }
+            WorkloadKind::MlTraining => {
+                self.jobs_per_day.unwrap_or(0.0) / 24.0
+                    * span_h
+                    * f64::from(self.gang_size.unwrap_or(0))
+            }
+        }
+    }
+
     fn validate(&self, i: usize, duration: Dur) -> Result<()> {
         let at = format!("`workload[{i}]` ({})", self.name);
         ensure!(
@@ -632,6 +983,12 @@ impl WorkloadSpec {
         if self.gpu_model.is_some() {
             ensure!(self.gpus > 0, "{at}.gpu_model needs `gpus` > 0");
         }
+        if self.checkpoint_interval.is_none() {
+            ensure!(
+                self.checkpoint_write.0 == 0 && self.checkpoint_restore.0 == 0,
+                "{at}: `checkpoint_write` and `checkpoint_restore` need a `checkpoint_interval`"
+            );
+        }
         if let Some(r) = &self.runtime {
             r.validate(&format!("{at}.runtime"))?;
         }
@@ -654,9 +1011,46 @@ impl WorkloadSpec {
             Ok(())
         };
         let end = self.end.unwrap_or(duration);
+        ensure!(
+            end <= duration,
+            "{at}.end ({end}) is after the run ends (`sim.duration` = {duration}); jobs after the end would never be submitted"
+        );
+        let per_job_limit = ebb_scheduler::scheduler::MAX_TASKS_PER_JOB;
+        let tasks_per_job = match self.kind {
+            WorkloadKind::SeasonDrop => self
+                .output_files
+                .zip(self.episodes)
+                .map(|(f, e)| f.div_ceil(e.max(1))),
+            WorkloadKind::Steady => self.tasks_per_job,
+            WorkloadKind::MlTraining => self.gang_size,
+        };
+        if let Some(n) = tasks_per_job {
+            let field = match self.kind {
+                WorkloadKind::SeasonDrop => "output_files",
+                WorkloadKind::Steady => "tasks_per_job",
+                WorkloadKind::MlTraining => "gang_size",
+            };
+            ensure!(
+                n <= per_job_limit,
+                "{at}.{field}: {n} tasks per job; the scheduler takes at most {per_job_limit} per job"
+            );
+        }
         match self.kind {
             WorkloadKind::SeasonDrop => {
                 need(self.at.is_some(), "at")?;
+                let drop = self.at.unwrap_or_default();
+                ensure!(
+                    drop < duration,
+                    "{at}.at ({drop}) is not before the run ends (`sim.duration` = {duration}); the season would never be submitted"
+                );
+                let last = u64::from(self.episodes.unwrap_or(1).saturating_sub(1))
+                    .saturating_mul(self.episode_interval.0)
+                    .saturating_add(drop.0);
+                ensure!(
+                    last < duration.0,
+                    "{at}.episode_interval: the last episode would be submitted at {}, after the run ends (`sim.duration` = {duration})",
+                    Dur(last)
+                );
                 need(self.episodes.is_some_and(|e| e > 0), "episodes (> 0)")?;
                 need(
                     self.cpu_hours.is_some_and(|c| c.is_finite() && c > 0.0),
@@ -692,4 +1086,87 @@ impl WorkloadSpec {
         }
         Ok(())
     }
+}
+
+/// Most executor hosts in one scenario: 20x the 50,000-host fleet that the
+/// largest benchmark scenario targets; beyond it setup alone takes minutes.
+pub const MAX_HOSTS: u64 = 1_000_000;
+
+/// Most tasks over one run: the simulator and the core keep about 100 bytes
+/// per task, so 20 million is about 2 GiB, within the 24 GiB machine with
+/// room for the rest; 4x the 5M-task scenario that issue 13 targets.
+pub const MAX_TASKS: u64 = 20_000_000;
+
+/// Most demand reports, or time-series rows, over one run: each is kept in
+/// memory (an event or a row of ~100 bytes), so 10 million is about 1 GiB.
+pub const MAX_PREBUILT_EVENTS: u64 = 10_000_000;
+
+/// Deserializes `table` (found at `at` in the scenario) into `T`, refusing
+/// any key that `T` would silently ignore.
+fn strict<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
+    table: &toml::Table,
+    at: &str,
+) -> Result<T> {
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
+        unknown.push(dotted(&path))
+    })
+    .with_context(|| format!("`{at}`"))?;
+    if let Some(path) = unknown.first() {
+        let hint = known_keys::<T>(path);
+        bail!("unknown key `{at}.{path}`{hint}");
+    }
+    Ok(value)
+}
+
+/// A `serde_ignored` path as the user wrote it: `teams.ml.weigth`,
+/// `workload[2].colour` (option and newtype layers are invisible in TOML).
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Map { parent, key } => {
+            let p = dotted(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// ", expected one of: a, b" listing the keys `T`'s default has at the
+/// parent of `path`, or nothing if that place is not a table of `T`'s.
+fn known_keys<T: serde::Serialize + Default>(path: &str) -> String {
+    let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(T::default()) else {
+        return String::new();
+    };
+    let mut parts: Vec<&str> = path.split('.').collect();
+    parts.pop();
+    for part in parts {
+        match table.remove(part) {
+            Some(toml::Value::Table(t)) => table = t,
+            _ => return String::new(),
+        }
+    }
+    if table.is_empty() {
+        return String::new();
+    }
+    let keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    format!(" (expected one of: {})", keys.join(", "))
+}
+
+/// [`known_keys`] for a path inside a map of `T`s at `prefix`
+/// (`teams.<name>.…`): `depth` is how many segments name the entry.
+fn known_keys_at<T: serde::Serialize + Default>(path: &str, prefix: &str, depth: usize) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.first() != Some(&prefix) || parts.len() <= depth {
+        return String::new();
+    }
+    known_keys::<T>(&parts[depth..].join("."))
 }

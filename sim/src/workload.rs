@@ -8,10 +8,10 @@ use ebb_scheduler::{
     TeamId,
 };
 use rand::Rng;
-use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Exp, LogNormal};
 
 use crate::duration::Dur;
+use crate::rng::SimRng;
 use crate::scenario::{DistSpec, Scenario, WorkloadKind, WorkloadSpec};
 
 /// A job the simulator will submit, with the work each of its tasks needs.
@@ -29,6 +29,10 @@ pub struct SimJob {
     pub failure_probability: f64,
     /// Time a task needs to exit after SIGTERM.
     pub stop_ms: u64,
+    /// Time to write one checkpoint.
+    pub checkpoint_write_ms: u64,
+    /// Time to restore from a checkpoint on resume.
+    pub checkpoint_restore_ms: u64,
 }
 
 /// Generates every job of the scenario, sorted by submission time, with
@@ -56,6 +60,9 @@ fn template(w: &WorkloadSpec, name: String, n_tasks: u32) -> JobSpec {
     if let Some(m) = &w.gpu_model {
         hard.push(Constraint::GpuModel(m.clone()));
     }
+    if let Some(max_skew) = w.zone_balance_max_skew {
+        hard.push(Constraint::ZoneBalance { max_skew });
+    }
     JobSpec {
         id: JobId(0),
         name,
@@ -72,7 +79,7 @@ fn template(w: &WorkloadSpec, name: String, n_tasks: u32) -> JobSpec {
         n_tasks,
         hard_constraints: hard,
         soft_constraints: Vec::new(),
-        gang: false,
+        gang: w.gang.unwrap_or(w.kind == WorkloadKind::MlTraining),
         retry: RetryPolicy {
             max_retries: w.max_retries,
             ..RetryPolicy::default()
@@ -105,11 +112,13 @@ fn push(
         workload_idx: idx,
         failure_probability: w.failure_probability,
         stop_ms: w.stop_time.0,
+        checkpoint_write_ms: w.checkpoint_write.0,
+        checkpoint_restore_ms: w.checkpoint_restore.0,
     });
 }
 
 /// Draws one duration in milliseconds, at least `min_ms`.
-pub fn draw(d: &DistSpec, rng: &mut SmallRng, min_ms: u64) -> u64 {
+pub fn draw(d: &DistSpec, rng: &mut SimRng, min_ms: u64) -> u64 {
     let ms = match d {
         DistSpec::Fixed { value } => value.0 as f64,
         DistSpec::Uniform { min, max } => {
@@ -136,7 +145,7 @@ pub fn draw(d: &DistSpec, rng: &mut SmallRng, min_ms: u64) -> u64 {
 /// Shortest task run: a zero-length task would finish before it started.
 const MIN_TASK_MS: u64 = 1_000;
 
-fn season_drop(w: &WorkloadSpec, idx: usize, rng: &mut SmallRng, jobs: &mut Vec<SimJob>) {
+fn season_drop(w: &WorkloadSpec, idx: usize, rng: &mut SimRng, jobs: &mut Vec<SimJob>) {
     let episodes = w.episodes.expect("validated");
     let files = w.output_files.expect("validated");
     let cpu_hours = w.cpu_hours.expect("validated");
@@ -184,7 +193,7 @@ fn season_drop(w: &WorkloadSpec, idx: usize, rng: &mut SmallRng, jobs: &mut Vec<
 }
 
 /// Poisson arrivals at `per_ms` in `[start, end)`.
-fn arrivals(rng: &mut SmallRng, per_ms: f64, start: u64, end: u64) -> Vec<u64> {
+fn arrivals(rng: &mut SimRng, per_ms: f64, start: u64, end: u64) -> Vec<u64> {
     let gap = Exp::new(per_ms).expect("positive rate");
     let mut t = start as f64;
     let mut out = Vec::new();
@@ -197,7 +206,7 @@ fn arrivals(rng: &mut SmallRng, per_ms: f64, start: u64, end: u64) -> Vec<u64> {
     }
 }
 
-fn steady(sc: &Scenario, w: &WorkloadSpec, idx: usize, rng: &mut SmallRng, jobs: &mut Vec<SimJob>) {
+fn steady(sc: &Scenario, w: &WorkloadSpec, idx: usize, rng: &mut SimRng, jobs: &mut Vec<SimJob>) {
     let end = w.end.unwrap_or(sc.sim.duration).0;
     let rate = w.jobs_per_hour.expect("validated") / 3_600_000.0;
     let n = w.tasks_per_job.expect("validated");
@@ -213,7 +222,7 @@ fn ml_training(
     sc: &Scenario,
     w: &WorkloadSpec,
     idx: usize,
-    rng: &mut SmallRng,
+    rng: &mut SimRng,
     jobs: &mut Vec<SimJob>,
 ) {
     let end = w.end.unwrap_or(sc.sim.duration).0;
@@ -223,8 +232,7 @@ fn ml_training(
     for (k, t) in arrivals(rng, rate, w.start.0, end).into_iter().enumerate() {
         // Data-parallel workers advance in lockstep: one runtime for the gang.
         let work_ms = draw(runtime, rng, MIN_TASK_MS);
-        let mut spec = template(w, format!("{}/{}", w.name, k + 1), n);
-        spec.gang = true;
+        let spec = template(w, format!("{}/{}", w.name, k + 1), n);
         push(jobs, w, idx, spec, t, vec![work_ms; n as usize]);
     }
 }

@@ -24,7 +24,7 @@ pub fn run(sc: &Scenario, seed: u64, policy: &str) -> Outcome {
         &RunOptions {
             seed,
             policy: policy.into(),
-            progress: false,
+            ..RunOptions::default()
         },
     )
     .expect("scenario runs")
