@@ -134,6 +134,8 @@ pub fn job_from_wire(id: core::JobId, spec: &pb::JobSpec) -> Result<core::JobSpe
     };
     Ok(core::JobSpec {
         id,
+        request_key: None,
+        expected_runtime: None,
         name: spec.name.clone(),
         team: core::TeamId::from(spec.team.as_str()),
         tier: tier_from_wire(spec.tier)?,

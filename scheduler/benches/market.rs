@@ -45,6 +45,8 @@ fn flex_job(id: u64, n_tasks: u32, cpu_millis: u64, bid: f64, priority: i32) -> 
         retry: RetryPolicy::default(),
         disruption_budget: None,
         checkpoint_interval: Some(DurationMs::from_mins(10)),
+        request_key: None,
+        expected_runtime: None,
     }
 }
 
@@ -63,10 +65,7 @@ fn configure_pool(s: &mut Scheduler, reserved_type: &str, count: u32) {
         },
     )
     .unwrap();
-    let reservations = vec![Reservation {
-        instance_type: reserved_type.into(),
-        count,
-    }];
+    let reservations = vec![Reservation::new(reserved_type, count)];
     s.handle_reservations(Timestamp::ZERO, &pool, reservations)
         .unwrap();
 }
@@ -89,9 +88,9 @@ fn reclaim_fixture(policy: VictimPolicy) -> Scheduler {
         s.handle_job_submitted(Timestamp::ZERO, job).unwrap();
     }
     let mut now = 0;
-    while s.totals().n_jobs_queued > 0 {
+    while s.totals().n_jobs_queued.iter().sum::<u32>() > 0 {
         now += 1_000;
-        s.run_round(Timestamp::from_millis(now));
+        s.run_round(Timestamp::from_millis(now)).unwrap();
     }
     while s.poll_action().is_some() {}
     assert_eq!(
@@ -114,12 +113,12 @@ fn reclaim(c: &mut Criterion) {
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
     for policy in VictimPolicy::ALL {
-        let mut s = reclaim_fixture(policy);
+        let s = reclaim_fixture(policy);
         let now = Timestamp::from_millis(10_000_000);
-        let plan = s.plan_round(now);
+        let plan = s.plan_round(now).unwrap();
         assert_eq!(plan.preemptions.len(), 10_000, "1,000 hosts × 10 tasks");
         group.bench_function(format!("{policy:?}"), |b| {
-            b.iter(|| black_box(s.plan_round(now)))
+            b.iter(|| black_box(s.plan_round(now).unwrap()))
         });
     }
     group.finish();
@@ -151,7 +150,7 @@ fn fill(mut s: Scheduler) -> u64 {
         let now = Timestamp::from_millis(round * 1_000);
         s.handle_job_submitted(now, flex_job(round, 200, 1_000, 0.0, 0))
             .unwrap();
-        let (plan, _) = s.run_round(now);
+        let (plan, _) = s.run_round(now).unwrap();
         while s.poll_action().is_some() {}
         if plan.assignments.len() < 200 {
             return round;

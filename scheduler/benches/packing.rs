@@ -76,6 +76,8 @@ fn job(id: u64, request: Resources, n_tasks: u32, priority: i32) -> JobSpec {
         retry: RetryPolicy::default(),
         disruption_budget: None,
         checkpoint_interval: None,
+        request_key: None,
+        expected_runtime: None,
     }
 }
 
@@ -131,8 +133,8 @@ fn fenzo_fill() {
             s.handle_job_submitted(now, job(round, Resources::cpu_mem(1_000, 1_024), 200, 0))
                 .expect("valid job");
             let start = Instant::now();
-            let plan = s.plan_round(now);
-            let report = s.commit(plan);
+            let plan = s.plan_round(now).unwrap();
+            let report = s.commit(now, plan).unwrap();
             let ms = start.elapsed().as_secs_f64() * 1e3;
             while s.poll_action().is_some() {}
             if report.n_applied == 0 {
@@ -281,9 +283,10 @@ fn pack(policy: &TierPolicy, n_hosts: u32, work: &[Resources]) -> (u64, u64, u64
     for round in 1.. {
         let now = Timestamp::from_millis(round);
         let start = Instant::now();
-        let plan = s.plan_round(now);
+        s.handle_tick(now).unwrap();
+        let plan = s.plan_round(now).unwrap();
         examined += plan.stats.n_hosts_examined;
-        let report = s.commit(plan);
+        let report = s.commit(now, plan).unwrap();
         secs += start.elapsed().as_secs_f64();
         while s.poll_action().is_some() {}
         placed += u64::from(report.n_applied);

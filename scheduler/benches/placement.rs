@@ -90,12 +90,14 @@ impl Filler {
             retry: RetryPolicy::default(),
             disruption_budget: None,
             checkpoint_interval: None,
+            request_key: None,
+            expected_runtime: None,
         };
         self.next_job += 1;
         self.s.handle_job_submitted(now, job).expect("valid job");
         let start = Instant::now();
-        let plan = self.s.plan_round(now);
-        let report = self.s.commit(plan);
+        let plan = self.s.plan_round(now).unwrap();
+        let report = self.s.commit(now, plan).unwrap();
         let elapsed = start.elapsed();
         assert_eq!(
             report.n_applied, BATCH,

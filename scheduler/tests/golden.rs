@@ -105,14 +105,14 @@ fn play(sc: &Scenario, file: &str) -> Vec<Expect> {
         let mut once = |r: Result<(), InputError>| done.push(r);
         if let Some(name) = &step.round {
             once(Ok(()));
-            let (plan, report) = s.run_round(now);
+            let (plan, report) = s.run_round(now).unwrap_or_else(|e| panic!("{ctx}: {e}"));
             assert!(report.rejected.is_empty(), "{ctx}: {:?}", report.rejected);
             out.push(Expect {
                 round: name.clone(),
                 placements: plan
                     .assignments
                     .iter()
-                    .map(|a| format!("{} -> {}", a.task, a.host))
+                    .map(|a| format!("{} -> {}", a.run.task, a.host))
                     .collect(),
                 pending: plan
                     .unplaced
@@ -125,7 +125,7 @@ fn play(sc: &Scenario, file: &str) -> Vec<Expect> {
             });
         }
         if let Some(j) = &step.submit {
-            once(s.handle_job_submitted(now, j.clone()));
+            once(s.handle_job_submitted(now, j.clone()).map(|_| ()));
         }
         if let Some(h) = &step.host_added {
             once(s.handle_host_added(now, h.clone()));
@@ -143,13 +143,13 @@ fn play(sc: &Scenario, file: &str) -> Vec<Expect> {
             );
         }
         if let Some(task) = step.task_started {
-            once(s.handle_task_started(now, task));
+            once(s.handle_task_started(now, common::run(&s, task)));
         }
         if let Some(task) = step.task_finished {
-            once(s.handle_task_finished(now, task));
+            once(s.handle_task_finished(now, common::run(&s, task)));
         }
         if let Some(task) = step.task_failed {
-            once(s.handle_task_failed(now, task));
+            once(s.handle_task_failed(now, common::run(&s, task)));
         }
         if let Some(task) = step.task_killed {
             once(s.handle_task_killed(now, task));

@@ -14,7 +14,7 @@ fn a_round_places_bin_packed_and_reports_the_rest() {
     s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 10, 1000, 1024))
         .unwrap();
 
-    let plan = s.plan_round(t(1));
+    let plan = s.plan_round(t(1)).unwrap();
     assert_eq!(plan.assignments.len(), 8);
     // Planning changed nothing.
     assert_eq!(s.totals().allocated, Resources::default());
@@ -26,7 +26,7 @@ fn a_round_places_bin_packed_and_reports_the_rest() {
         .all(|a| a.host == HostId::from("h1"));
     assert!(on_h1, "{:?}", plan.assignments);
 
-    let report = s.commit(plan);
+    let report = s.commit(t(1), plan).unwrap();
     assert_eq!(report.n_applied, 8);
     assert_eq!(drain(&mut s).len(), 8);
     assert_eq!(s.totals().allocated.cpu_millis, 8000);
@@ -46,22 +46,22 @@ fn failures_back_off_and_lost_hosts_requeue_without_using_retries() {
     s.handle_host_added(t(0), host("h1", "a", 4, 16)).unwrap();
     s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 1, 1000, 1024))
         .unwrap();
-    s.run_round(t(0));
-    s.handle_task_started(t(5), task(1, 0)).unwrap();
-    s.handle_task_failed(t(10), task(1, 0)).unwrap();
+    round(&mut s, t(0));
+    s.handle_task_started(t(5), run(&s, task(1, 0))).unwrap();
+    s.handle_task_failed(t(10), run(&s, task(1, 0))).unwrap();
     let v = s.task(task(1, 0)).unwrap();
     assert_eq!((v.state.clone(), v.n_failures), (TaskState::Pending, 1));
     assert_eq!(s.poll_timeout(), Some(t(10_010)));
     // Not ready before the back-off ends.
-    assert!(s.run_round(t(5_000)).0.assignments.is_empty());
-    assert_eq!(s.run_round(t(10_010)).0.assignments.len(), 1);
+    assert!(round(&mut s, t(5_000)).assignments.is_empty());
+    assert_eq!(round(&mut s, t(10_010)).assignments.len(), 1);
 
     let requeued = s.handle_host_lost(t(20_000), &HostId::from("h1")).unwrap();
     assert_eq!(requeued, vec![task(1, 0)]);
     let v = s.task(task(1, 0)).unwrap();
     assert_eq!((v.state, v.n_failures), (TaskState::Pending, 1));
     assert_eq!(s.totals().allocated, Resources::default());
-    let plan = s.run_round(t(20_001)).0;
+    let plan = round(&mut s, t(20_001));
     assert_eq!(plan.unplaced[0].reasons.to_string(), "no hosts");
 }
 
@@ -75,8 +75,8 @@ fn critical_work_is_placed_before_flex_and_teams_share_by_drf() {
         .unwrap();
     s.handle_job_submitted(t(1), job(3, "streaming", Tier::Critical, 2, 1000, 1024))
         .unwrap();
-    let plan = s.run_round(t(2)).0;
-    let jobs: Vec<u64> = plan.assignments.iter().map(|a| a.task.job.0).collect();
+    let plan = round(&mut s, t(2));
+    let jobs: Vec<u64> = plan.assignments.iter().map(|a| a.run.task.job.0).collect();
     assert_eq!(
         jobs,
         vec![3, 3, 1, 2],
@@ -90,7 +90,7 @@ fn killing_a_job_stops_placed_tasks_with_grace_and_drops_pending_ones() {
     s.handle_host_added(t(0), host("h1", "a", 1, 16)).unwrap();
     s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 2, 1000, 1024))
         .unwrap();
-    s.run_round(t(0));
+    round(&mut s, t(0));
     drain(&mut s);
     s.handle_job_killed(t(1), JobId(1)).unwrap();
     let actions = drain(&mut s);
@@ -105,7 +105,7 @@ fn killing_a_job_stops_placed_tasks_with_grace_and_drops_pending_ones() {
         "{actions:?}"
     );
     assert_eq!(s.task(task(1, 1)).unwrap().state, TaskState::Killed);
-    s.handle_task_stopped(t(2), task(1, 0)).unwrap();
+    s.handle_task_stopped(t(2), run(&s, task(1, 0))).unwrap();
     assert_eq!(s.job_counts(JobId(1)).unwrap().killed, 2);
     assert_eq!(s.totals().allocated, Resources::default());
 }

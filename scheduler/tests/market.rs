@@ -23,10 +23,7 @@ fn market(config: SchedulerConfig) -> Scheduler {
             headroom: HeadroomPolicy::default(),
         };
         s.handle_pool_configured(t(0), spec).unwrap();
-        let reservations = vec![Reservation {
-            instance_type: "m5.16xlarge".into(),
-            count: 10,
-        }];
+        let reservations = vec![Reservation::new("m5.16xlarge", 10)];
         s.handle_reservations(t(0), &PoolId::from(pool), reservations)
             .unwrap();
     }
@@ -69,7 +66,7 @@ fn supply_is_reserved_minus_streaming_minus_headroom_and_limits_leases() {
 
     s.handle_job_submitted(t(0), whole_host_job(1, "enc", 6, 1.0))
         .unwrap();
-    let (plan, _) = s.run_round(t(1));
+    let plan = round(&mut s, t(1));
     assert_eq!(plan.assignments.len(), 4, "4 hosts fit in 4.5 IE of supply");
     let p = pool(&s, "use1a");
     assert_eq!(
@@ -94,8 +91,8 @@ fn critical_work_ignores_supply() {
         .unwrap();
     s.handle_job_submitted(t(0), job(2, "streaming", Tier::Critical, 1, 64_000, 1024))
         .unwrap();
-    let (plan, _) = s.run_round(t(1));
-    let placed: Vec<u64> = plan.assignments.iter().map(|a| a.task.job.0).collect();
+    let plan = round(&mut s, t(1));
+    let placed: Vec<u64> = plan.assignments.iter().map(|a| a.run.task.job.0).collect();
     assert_eq!(placed, vec![2]);
 }
 
@@ -106,15 +103,20 @@ fn reclaim_frees_whole_hosts_cheapest_bids_first_and_requeues_victims() {
         .unwrap();
     s.handle_job_submitted(t(0), whole_host_job(2, "enc", 2, 2.0))
         .unwrap();
-    s.run_round(t(1));
+    round(&mut s, t(1));
     drain(&mut s);
+    for i in 0..2 {
+        for j in [1, 2] {
+            s.handle_task_started(t(1), run(&s, task(j, i))).unwrap();
+        }
+    }
     assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(4));
 
     // Evening ramp: supply falls to 10 − 7 − 0.7 = 2.3 IE; two hosts must go.
     s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_whole(7))
         .unwrap();
-    let (plan, report) = s.run_round(t(HOUR));
-    let victims: Vec<TaskId> = plan.preemptions.iter().map(|p| p.task).collect();
+    let (plan, report) = s.run_round(t(HOUR)).unwrap();
+    let victims: Vec<TaskId> = plan.preemptions.iter().map(|p| p.run.task).collect();
     assert_eq!(
         victims,
         vec![task(1, 0), task(1, 1)],
@@ -131,10 +133,11 @@ fn reclaim_frees_whole_hosts_cheapest_bids_first_and_requeues_victims() {
 
     // Still leased while stopping, but not reclaimed twice.
     assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(4));
-    assert!(s.run_round(t(HOUR + 1)).0.preemptions.is_empty());
+    assert!(round(&mut s, t(HOUR + 1)).preemptions.is_empty());
 
     for v in &victims {
-        s.handle_task_stopped(t(HOUR + 20_000), *v).unwrap();
+        s.handle_task_stopped(t(HOUR + 20_000), run(&s, *v))
+            .unwrap();
     }
     assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(2));
     let v = s.task(task(1, 0)).unwrap();
@@ -142,12 +145,14 @@ fn reclaim_frees_whole_hosts_cheapest_bids_first_and_requeues_victims() {
         (v.state, v.n_preemptions, v.n_failures),
         (TaskState::Pending, 1, 0)
     );
-    // The ledger records the work lost: 1 IE each for the hour since start.
+    // The ledger records the work lost when the victims stopped: 1 IE each
+    // for the time since they started (at 1 ms) until they stopped, grace included.
     let ledger = s.ledger(t(HOUR + 20_000));
     let enc = ledger.iter().find(|e| e.team.as_str() == "enc").unwrap();
     assert_eq!(enc.n_preemptions, 2);
-    assert!(
-        (enc.lost_ie_hours - 2.0 * (HOUR - 1) as f64 / HOUR as f64).abs() < 1e-6,
+    assert_eq!(
+        enc.lost,
+        IeMs(2 * 1_000_000 * u128::from(HOUR + 20_000 - 1)),
         "{enc:?}"
     );
 }
@@ -161,10 +166,10 @@ fn budgets_hold_in_ordinary_reclaim_and_failover_exceeds_them_on_record() {
         window: DurationMs::from_mins(60),
     });
     s.handle_job_submitted(t(0), j).unwrap();
-    s.run_round(t(1));
+    round(&mut s, t(1));
     s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_whole(7))
         .unwrap();
-    let (plan, _) = s.run_round(t(HOUR));
+    let plan = round(&mut s, t(HOUR));
     assert_eq!(
         plan.preemptions.len(),
         1,
@@ -178,15 +183,32 @@ fn budgets_hold_in_ordinary_reclaim_and_failover_exceeds_them_on_record() {
     );
 
     s.handle_failover(t(HOUR + 1), "us-west-2", true).unwrap();
-    let (plan, _) = s.run_round(t(HOUR + 1));
+    let plan = round(&mut s, t(HOUR + 1));
     assert_eq!(plan.preemptions.len(), 1);
     assert!(plan.preemptions[0].emergency && plan.preemptions[0].over_budget);
-    let enc = s
-        .ledger(t(HOUR + 1))
-        .into_iter()
-        .find(|e| e.team.as_str() == "enc")
-        .unwrap();
-    assert_eq!((enc.n_preemptions, enc.n_over_budget), (2, 1));
+    // The ledger books preemptions when the victims actually stop.
+    let enc = |s: &Scheduler| {
+        s.ledger(t(HOUR + 2))
+            .into_iter()
+            .find(|e| e.team.as_str() == "enc")
+            .unwrap()
+    };
+    assert_eq!((enc(&s).n_preemptions, enc(&s).n_over_budget), (0, 0));
+    let victims: Vec<RunId> = s
+        .job_ids()
+        .iter()
+        .flat_map(|&j| {
+            let n = s.job_spec(j).unwrap().n_tasks;
+            (0..n).map(move |i| TaskId::new(j, i))
+        })
+        .filter(|&id| matches!(s.task(id).unwrap().state, TaskState::Stopping { .. }))
+        .map(|id| run(&s, id))
+        .collect();
+    assert_eq!(victims.len(), 2);
+    for v in victims {
+        s.handle_task_stopped(t(HOUR + 2), v).unwrap();
+    }
+    assert_eq!((enc(&s).n_preemptions, enc(&s).n_over_budget), (2, 1));
 }
 
 #[test]
@@ -229,14 +251,14 @@ fn critical_tasks_preempt_the_cheapest_flex_work_and_never_each_other() {
     s.handle_job_submitted(t(0), dear).unwrap();
     s.handle_job_submitted(t(0), job(3, "streaming", Tier::Critical, 1, 1000, 1024))
         .unwrap();
-    s.run_round(t(0));
+    round(&mut s, t(0));
     drain(&mut s);
     // Full: 4 + 3 flex + 1 critical on 8 CPUs. A second critical job needs 2 CPUs.
     s.handle_job_submitted(t(1), job(4, "streaming", Tier::Critical, 1, 2000, 1024))
         .unwrap();
-    let (plan, _) = s.run_round(t(1));
+    let plan = round(&mut s, t(1));
     assert!(plan.assignments.is_empty());
-    let victims: Vec<TaskId> = plan.preemptions.iter().map(|p| p.task).collect();
+    let victims: Vec<TaskId> = plan.preemptions.iter().map(|p| p.run.task).collect();
     assert_eq!(victims.len(), 2, "{victims:?}");
     assert!(
         victims.iter().all(|v| v.job == JobId(1)),
@@ -248,15 +270,15 @@ fn critical_tasks_preempt_the_cheapest_flex_work_and_never_each_other() {
     ));
     drain(&mut s);
     // No new victims while those stop.
-    assert!(s.run_round(t(2)).0.preemptions.is_empty());
+    assert!(round(&mut s, t(2)).preemptions.is_empty());
     for v in victims {
-        s.handle_task_stopped(t(3), v).unwrap();
+        s.handle_task_stopped(t(3), run(&s, v)).unwrap();
     }
-    let (plan, _) = s.run_round(t(4));
+    let plan = round(&mut s, t(4));
     assert_eq!(
         plan.assignments
             .iter()
-            .filter(|a| a.task.job == JobId(4))
+            .filter(|a| a.run.task.job == JobId(4))
             .count(),
         1
     );
@@ -271,7 +293,7 @@ fn clearing_price_is_the_highest_losing_bid_or_the_floor() {
         .unwrap();
     s.handle_job_submitted(t(0), whole_host_job(2, "enc", 1, 2.0))
         .unwrap();
-    let (plan, _) = s.run_round(t(0));
+    let plan = round(&mut s, t(0));
     assert_eq!(plan.assignments.len(), 4);
     let price = |plan: &Plan, pool: &str| {
         plan.prices
@@ -299,12 +321,12 @@ fn clearing_price_is_the_highest_losing_bid_or_the_floor() {
         .find(|e| e.pool.as_str() == "use1a")
         .unwrap();
     assert!(
-        (enc.leased_ie_hours - 4.0).abs() < 1e-9 && (enc.charges - 8.0).abs() < 1e-9,
+        (enc.leased_ie_hours() - 4.0).abs() < 1e-9 && enc.charges == Money::from_micros(8_000_000),
         "{enc:?}"
     );
 
     s.handle_job_killed(t(HOUR), JobId(2)).unwrap();
-    let (plan, _) = s.run_round(t(HOUR));
+    let plan = round(&mut s, t(HOUR));
     assert_eq!(
         price(&plan, "use1a"),
         Price::new(0.1).unwrap(),
@@ -317,16 +339,18 @@ fn pool_totals_add_up_to_reserved() {
     let mut s = market(SchedulerConfig::default());
     s.handle_job_submitted(t(0), whole_host_job(1, "enc", 3, 1.0))
         .unwrap();
-    s.run_round(t(0));
+    round(&mut s, t(0));
     s.handle_streaming_demand(t(2 * HOUR), &PoolId::from("use1a"), Ie::from_whole(8))
         .unwrap();
-    s.run_round(t(2 * HOUR));
+    round(&mut s, t(2 * HOUR));
     for p in s.pool_totals(t(3 * HOUR)) {
-        let parts =
-            p.streaming_ie_hours + p.headroom_ie_hours + p.leased_ie_hours + p.idle_ie_hours;
-        assert!((parts - p.reserved_ie_hours).abs() < 1e-9, "{p:?}");
+        let parts = p.streaming.ie_hours()
+            + p.headroom.ie_hours()
+            + p.leased.ie_hours()
+            + p.idle.ie_hours();
+        assert!((parts - p.reserved.ie_hours()).abs() < 1e-9, "{p:?}");
         assert!(
-            (p.reserved_ie_hours - 30.0).abs() < 1e-9,
+            (p.reserved.ie_hours() - 30.0).abs() < 1e-9,
             "10 IE for 3 hours: {p:?}"
         );
     }
@@ -338,10 +362,10 @@ fn pool_totals_add_up_to_reserved() {
     // 2 h at 5 IE streaming, then 1 h at 8. Leased 3 IE throughout (the
     // victims are still stopping), but in the last hour only the 2 IE that
     // streaming leaves count as leased; the 1.8 IE over supply is a violation.
-    assert!((p.streaming_ie_hours - 18.0).abs() < 1e-9, "{p:?}");
-    assert!((p.leased_ie_hours - 8.0).abs() < 1e-9, "{p:?}");
-    assert!((p.headroom_ie_hours - 1.0).abs() < 1e-9, "{p:?}");
-    assert!((p.violation_ie_hours - 1.8).abs() < 1e-9, "{p:?}");
+    assert!((p.streaming.ie_hours() - 18.0).abs() < 1e-9, "{p:?}");
+    assert!((p.leased.ie_hours() - 8.0).abs() < 1e-9, "{p:?}");
+    assert!((p.headroom.ie_hours() - 1.0).abs() < 1e-9, "{p:?}");
+    assert!((p.violation.ie_hours() - 1.8).abs() < 1e-9, "{p:?}");
 }
 
 #[test]
@@ -354,10 +378,7 @@ fn market_inputs_refuse_bad_values_by_field() {
         e.to_string(),
         "invalid field `pool`: unknown pool `nope`; configure it first"
     );
-    let bad = vec![Reservation {
-        instance_type: "z9.huge".into(),
-        count: 3,
-    }];
+    let bad = vec![Reservation::new("z9.huge", 3)];
     let e = s
         .handle_reservations(t(0), &PoolId::from("use1a"), bad)
         .unwrap_err();
@@ -426,7 +447,7 @@ fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing()
     for s in [&mut s, &mut s2] {
         s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 3, 8_000, 1024))
             .unwrap();
-        s.run_round(t(0));
+        round(s, t(0));
     }
     assert_eq!(
         pool(&s, "use1a").n_leased_hosts,
@@ -434,7 +455,7 @@ fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing()
         "bin-packing leases one host"
     );
     assert!(
-        s.compaction_suggestions(t(1), 10).is_empty(),
+        s.compaction_suggestions(10).is_empty(),
         "nothing to compact"
     );
 
@@ -444,7 +465,7 @@ fn compaction_suggests_moves_that_empty_whole_leased_hosts_and_changes_nothing()
         "spreading leases three"
     );
     let before = s2.pools();
-    let suggestions = s2.compaction_suggestions(t(1), 10);
+    let suggestions = s2.compaction_suggestions(10);
     assert_eq!(suggestions.len(), 2, "{suggestions:?}");
     assert!(
         suggestions
@@ -494,7 +515,7 @@ fn clearing_price_table() {
             s.handle_job_submitted(t(0), whole_host_job(i as u64 + 1, "enc", *n, *bid))
                 .unwrap();
         }
-        let (plan, _) = s.run_round(t(0));
+        let plan = round(&mut s, t(0));
         let got = plan
             .prices
             .iter()

@@ -111,6 +111,8 @@ struct Run {
     /// Per job: (time, over budget) of each committed preemption.
     preempted: BTreeMap<JobId, Vec<(u64, bool)>>,
     failed_over: std::collections::BTreeSet<usize>,
+    /// Per pool: reserved and supply (micro-IE × ms) integrated by the test.
+    integrals: BTreeMap<PoolId, (u128, u128)>,
 }
 
 impl Run {
@@ -126,10 +128,7 @@ impl Run {
                 headroom: HeadroomPolicy::default(),
             };
             s.handle_pool_configured(t(0), spec).unwrap();
-            let res = vec![Reservation {
-                instance_type: "m5.16xlarge".into(),
-                count: g.reserved_m5_16xl,
-            }];
+            let res = vec![Reservation::new("m5.16xlarge", g.reserved_m5_16xl)];
             s.handle_reservations(t(0), &id, res).unwrap();
             for &ty in &g.hosts {
                 let ty = catalog.get(TYPES[ty]).unwrap();
@@ -153,10 +152,12 @@ impl Run {
             next_job: 1,
             preempted: BTreeMap::new(),
             failed_over: Default::default(),
+            integrals: BTreeMap::new(),
         }
     }
 
     fn apply(&mut self, step: &Step, n_pools: usize) {
+        self.integrate(60_000);
         self.now += 60_000;
         let now = t(self.now);
         match step {
@@ -198,12 +199,12 @@ impl Run {
             }
             Step::Round => self.round(),
             Step::StopAll => {
-                for (task, _) in self.tasks_where(|st| matches!(st, TaskState::Stopping { .. })) {
-                    self.s.handle_task_stopped(now, task).unwrap();
+                for (_, v) in self.tasks_where(|st| matches!(st, TaskState::Stopping { .. })) {
+                    self.s.handle_task_stopped(now, v.run).unwrap();
                 }
             }
             Step::FinishSome(seed) => {
-                for (i, (task, _)) in self
+                for (i, (_, v)) in self
                     .tasks_where(|st| {
                         matches!(st, TaskState::Running { .. } | TaskState::Assigned { .. })
                     })
@@ -211,7 +212,7 @@ impl Run {
                     .enumerate()
                 {
                     if (i as u8).wrapping_add(*seed) % 3 == 0 {
-                        self.s.handle_task_finished(now, task).unwrap();
+                        self.s.handle_task_finished(now, v.run).unwrap();
                     }
                 }
             }
@@ -234,18 +235,19 @@ impl Run {
 
     fn round(&mut self) {
         let now = self.now;
-        let plan = self.s.plan_round(t(now));
+        self.s.handle_tick(t(now)).unwrap();
+        let plan = self.s.plan_round(t(now)).unwrap();
         for p in &plan.preemptions {
-            let spec = self.s.job_spec(p.task.job).unwrap();
+            let spec = self.s.job_spec(p.run.task.job).unwrap();
             assert_eq!(
                 spec.tier,
                 Tier::Flex,
                 "critical task {} chosen as a victim",
-                p.task
+                p.run.task
             );
         }
         let preemptions = plan.preemptions.clone();
-        let report = self.s.commit(plan);
+        let report = self.s.commit(t(now), plan).unwrap();
         assert_eq!(
             report.n_preempted as usize,
             preemptions.len(),
@@ -253,10 +255,11 @@ impl Run {
         );
         for p in &preemptions {
             self.preempted
-                .entry(p.task.job)
+                .entry(p.run.task.job)
                 .or_default()
                 .push((now, p.over_budget));
         }
+        self.s.check_invariants().unwrap();
         self.check_reclaim();
         self.check_budgets();
         self.check_hosts();
@@ -332,12 +335,23 @@ impl Run {
 
     fn check_totals(&self) {
         for p in self.s.pool_totals(t(self.now)) {
-            let parts =
-                p.streaming_ie_hours + p.headroom_ie_hours + p.leased_ie_hours + p.idle_ie_hours;
-            assert!(
-                (parts - p.reserved_ie_hours).abs() <= 1e-9 * p.reserved_ie_hours.max(1.0),
-                "{p:?}"
-            );
+            let parts = p.streaming.0 + p.headroom.0 + p.leased.0 + p.idle.0;
+            assert_eq!(parts, p.reserved.0, "the parts add up exactly: {p:?}");
+            // Independently of the core's split: what the test saw reserved
+            // and offered as supply, integrated step by step.
+            let (reserved, supply) = self.integrals.get(&p.pool).copied().unwrap_or_default();
+            assert_eq!(p.reserved.0, reserved, "{}: reserved integral", p.pool);
+            assert_eq!(p.supply.0, supply, "{}: supply integral", p.pool);
+        }
+    }
+
+    /// Adds the pools' reserved and supply IE, as reported now, times the
+    /// time until the next step.
+    fn integrate(&mut self, dt_ms: u64) {
+        for p in self.s.pools() {
+            let e = self.integrals.entry(p.pool.clone()).or_default();
+            e.0 += u128::from(p.reserved.as_micro()) * u128::from(dt_ms);
+            e.1 += u128::from(p.supply.as_micro()) * u128::from(dt_ms);
         }
     }
 }

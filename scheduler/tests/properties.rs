@@ -128,6 +128,8 @@ fn arb_job(id: u64) -> impl Strategy<Value = JobSpec> {
                     },
                     disruption_budget: None,
                     checkpoint_interval: None,
+                    request_key: None,
+                    expected_runtime: None,
                 }
             },
         )
@@ -219,7 +221,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
             );
             let mut t2 = TeamConfig::default();
             t2.cap
-                .insert(Tier::Flex, Resources::cpu_mem(6000, 64 * 1024));
+                .insert(Tier::Flex, ResourceCap::cpu_mem(6000, 64 * 1024));
             teams.insert(TeamId::from("t2"), t2);
             let mut t0 = TeamConfig::default();
             t0.guarantee
@@ -325,8 +327,9 @@ fn run(case: &Case, mut check: impl FnMut(&Scheduler, Timestamp, Step<'_>)) -> V
         match op {
             Op::Round => {
                 let before = snapshot(&s, at);
-                let plan = s.plan_round(at);
-                let report = s.commit(plan.clone());
+                s.handle_tick(at).unwrap();
+                let plan = s.plan_round(at).unwrap();
+                let report = s.commit(at, plan.clone()).unwrap();
                 check(
                     &s,
                     at,
@@ -338,6 +341,8 @@ fn run(case: &Case, mut check: impl FnMut(&Scheduler, Timestamp, Step<'_>)) -> V
                 );
                 plans.push(plan);
                 while s.poll_action().is_some() {}
+                s.check_invariants()
+                    .unwrap_or_else(|e| panic!("after a round: {e}"));
                 continue;
             }
             Op::SubmitNext => {
@@ -349,7 +354,8 @@ fn run(case: &Case, mut check: impl FnMut(&Scheduler, Timestamp, Step<'_>)) -> V
             Op::Start(i) => {
                 if let Some(task) = pick(&in_state(|s| matches!(s, TaskState::Assigned { .. })), *i)
                 {
-                    s.handle_task_started(at, task).unwrap();
+                    s.handle_task_started(at, s.task(task).unwrap().run)
+                        .unwrap();
                 }
             }
             Op::Finish(i) => {
@@ -357,19 +363,21 @@ fn run(case: &Case, mut check: impl FnMut(&Scheduler, Timestamp, Step<'_>)) -> V
                     matches!(s, TaskState::Assigned { .. } | TaskState::Running { .. })
                 });
                 if let Some(task) = pick(&placed, *i) {
-                    s.handle_task_finished(at, task).unwrap();
+                    s.handle_task_finished(at, s.task(task).unwrap().run)
+                        .unwrap();
                 }
             }
             Op::Fail(i) => {
                 if let Some(task) = pick(&in_state(|s| matches!(s, TaskState::Running { .. })), *i)
                 {
-                    s.handle_task_failed(at, task).unwrap();
+                    s.handle_task_failed(at, s.task(task).unwrap().run).unwrap();
                 }
             }
             Op::Stopped(i) => {
                 if let Some(task) = pick(&in_state(|s| matches!(s, TaskState::Stopping { .. })), *i)
                 {
-                    s.handle_task_stopped(at, task).unwrap();
+                    s.handle_task_stopped(at, s.task(task).unwrap().run)
+                        .unwrap();
                 }
             }
             Op::KillTask(i) => {
@@ -405,6 +413,8 @@ fn run(case: &Case, mut check: impl FnMut(&Scheduler, Timestamp, Step<'_>)) -> V
             }
         }
         while s.poll_action().is_some() {}
+        s.check_invariants()
+            .unwrap_or_else(|e| panic!("after {op:?}: {e}"));
         check(&s, t(now), Step::Event);
     }
     plans
@@ -504,7 +514,7 @@ proptest! {
         run(&case, |s, _, step| {
             let Step::Round { plan, before, .. } = step else { return };
             let tier = |job: JobId| s.job_spec(job).expect("planned job exists").tier;
-            let tiers: Vec<Tier> = plan.assignments.iter().map(|a| tier(a.task.job)).collect();
+            let tiers: Vec<Tier> = plan.assignments.iter().map(|a| tier(a.run.task.job)).collect();
             let mut sorted = tiers.clone();
             sorted.sort();
             assert_eq!(tiers, sorted, "a flex assignment precedes a critical one");
@@ -512,8 +522,8 @@ proptest! {
             // Each host's allocation once the critical tier was planned.
             let mut after_critical = before.allocated.clone();
             for a in &plan.assignments {
-                if tier(a.task.job) == Tier::Critical {
-                    let request = &s.job_spec(a.task.job).unwrap().request;
+                if tier(a.run.task.job) == Tier::Critical {
+                    let request = &s.job_spec(a.run.task.job).unwrap().request;
                     after_critical.get_mut(&a.host).unwrap().checked_add_assign(request).unwrap();
                 }
             }
@@ -524,7 +534,7 @@ proptest! {
                 if spec.tier != Tier::Critical || spec.gang || !host_independent || capped {
                     continue;
                 }
-                for a in plan.assignments.iter().filter(|a| tier(a.task.job) == Tier::Flex) {
+                for a in plan.assignments.iter().filter(|a| tier(a.run.task.job) == Tier::Flex) {
                     let host = s.host(&a.host).expect("host of a fresh plan exists").spec();
                     let meets_constraints = spec.hard_constraints.iter().all(|c| match c {
                         Constraint::AttributeEquals { key, value } => {
@@ -541,7 +551,7 @@ proptest! {
                         .is_none();
                     assert!(!(meets_constraints && fits),
                         "flex {} placed on {} where unplaced critical {} fit ({})",
-                        a.task, a.host, u.job, u.reasons);
+                        a.run.task, a.host, u.job, u.reasons);
                 }
             }
         });
@@ -571,7 +581,7 @@ proptest! {
                     continue;
                 }
                 let positions: Vec<usize> = plan.assignments.iter().enumerate()
-                    .filter(|(_, a)| a.task.job == job).map(|(i, _)| i).collect();
+                    .filter(|(_, a)| a.run.task.job == job).map(|(i, _)| i).collect();
                 let unplaced = plan.unplaced.iter().find(|u| u.job == job);
                 match (positions.len() as u32, unplaced) {
                     (0, Some(u)) => assert_eq!(u.n_tasks, n, "gang {job} unplaced count"),

@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ebb_scheduler::{
-    Action, HostId, HostSpec, JobId, PoolId, Scheduler, StopCause, TaskId, TaskState, Timestamp,
+    Action, HostId, HostSpec, JobId, PoolId, RunId, Scheduler, StopCause, TaskId, TaskState,
+    Timestamp,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -186,8 +187,10 @@ impl Ord for Entry {
 /// Runs `sc` once.
 pub fn run(sc: &Scenario, opts: &RunOptions) -> Result<Outcome> {
     let config = sc.scheduler_config(&opts.policy)?;
-    let core = Scheduler::try_new(config)
+    let mut core = Scheduler::try_new(config)
         .with_context(|| format!("policy `{}`: invalid scheduler configuration", opts.policy))?;
+    // Nobody reads the change feed here: off, it costs nothing.
+    core.set_event_feed(false);
     let jobs = workload::build(sc, opts.seed).context("generating workloads")?;
     let demand = demand::build(sc, opts.seed).context("building demand curves")?;
     let mut sim = Sim::new(sc, opts, core, jobs, demand)?;
@@ -515,7 +518,13 @@ impl<'a> Sim<'a> {
     fn round(&mut self) {
         let now = self.ts();
         let t0 = Instant::now();
-        let plan = self.core.plan_round(now);
+        self.core
+            .handle_tick(now)
+            .expect("the simulated clock never goes backwards");
+        let plan = self
+            .core
+            .plan_round(now)
+            .expect("the simulated clock never goes backwards");
         let planning = t0.elapsed();
         let busy = !plan.assignments.is_empty() || !plan.preemptions.is_empty();
         self.metrics.n_hosts_examined += plan.stats.n_hosts_examined;
@@ -523,7 +532,10 @@ impl<'a> Sim<'a> {
             (e + u64::from(p.emergency), o + u64::from(p.over_budget))
         });
         let t1 = Instant::now();
-        let report = self.core.commit(plan);
+        let report = self
+            .core
+            .commit(now, plan)
+            .expect("the simulated clock never goes backwards");
         let elapsed = planning + t1.elapsed();
         self.metrics.round_nanos.push(elapsed.as_nanos() as u64);
         if !busy {
@@ -552,18 +564,19 @@ impl<'a> Sim<'a> {
     fn drain_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Launch { task, host, .. } => self.on_launch(task, &host),
+                Action::Launch { run, host, .. } => self.on_launch(run, &host),
                 Action::Stop {
-                    task,
+                    run,
                     host,
                     grace,
                     cause,
-                } => self.on_stop(task, &host, grace.as_millis(), cause),
+                } => self.on_stop(run.task, &host, grace.as_millis(), cause),
             }
         }
     }
 
-    fn on_launch(&mut self, task: TaskId, host: &HostId) {
+    fn on_launch(&mut self, run: RunId, host: &HostId) {
+        let task = run.task;
         self.trace.update(b"L");
         self.trace.update(self.now.to_le_bytes());
         hash_task(&mut self.trace, task);
@@ -580,6 +593,10 @@ impl<'a> Sim<'a> {
         let f = self.flat(task);
         let t = &mut self.tasks[f];
         t.attempt += 1;
+        assert_eq!(
+            t.attempt, run.attempt,
+            "the core and the simulated executor count {task}'s runs alike"
+        );
         t.phase = Phase::Launching;
         t.run_start = NOT_STARTED;
         t.pool = pool;
@@ -605,7 +622,7 @@ impl<'a> Sim<'a> {
             return Ok(()); // stopped before it started
         }
         self.core
-            .handle_task_started(self.ts(), task)
+            .handle_task_started(self.ts(), task.run(attempt))
             .with_context(|| format!("task {task} started"))?;
         let job = &self.jobs[task.job.0 as usize];
         let remaining = t.work_ms - t.done_ms;
@@ -657,14 +674,14 @@ impl<'a> Sim<'a> {
         self.exec.release(self.now, t.host, task);
         if failed {
             self.core
-                .handle_task_failed(now, task)
+                .handle_task_failed(now, task.run(attempt))
                 .with_context(|| format!("task {task} failed"))?;
             let (lost_cpu_h, state) = self.settle_run(f, task, ran);
             let n = self.jobs[j].spec.n_tasks;
             self.metrics.on_failed(j, self.now, lost_cpu_h, &state, n);
         } else {
             self.core
-                .handle_task_finished(now, task)
+                .handle_task_finished(now, task.run(attempt))
                 .with_context(|| format!("task {task} finished"))?;
             let t = &mut self.tasks[f];
             // The run did the remaining work; the rest of its wall time was
@@ -725,7 +742,7 @@ impl<'a> Sim<'a> {
         };
         self.exec.release(self.now, t.host, task);
         self.core
-            .handle_task_stopped(self.ts(), task)
+            .handle_task_stopped(self.ts(), task.run(attempt))
             .with_context(|| format!("task {task} stopped"))?;
         let j = task.job.0 as usize;
         let (lost_cpu_h, state) = self.settle_run(f, task, ran);
@@ -770,7 +787,7 @@ impl<'a> Sim<'a> {
         }
         self.exec.release(self.now, t.host, task);
         self.core
-            .handle_task_failed(self.ts(), task)
+            .handle_task_failed(self.ts(), task.run(attempt))
             .with_context(|| format!("task {task} failed to launch"))?;
         let j = task.job.0 as usize;
         let (lost, state) = self.settle_run(f, task, 0);

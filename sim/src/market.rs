@@ -81,10 +81,7 @@ impl MarketLink {
             let reservations = p
                 .reservations
                 .iter()
-                .map(|r| Reservation {
-                    instance_type: r.instance_type.clone(),
-                    count: r.count,
-                })
+                .map(|r| Reservation::new(r.instance_type.clone(), r.count))
                 .collect();
             core.handle_reservations(now, &self.ids[i], reservations)
                 .with_context(|| format!("{}.reservations", at()))?;

@@ -678,8 +678,8 @@ impl Metrics {
         self.capacity_from_books(end);
         self.cap.n_emergency_preemptions = self.n_emergency_preemptions;
         self.cap.n_over_budget_preemptions = self.n_over_budget_preemptions;
-        self.cap.charges = self.ledger.iter().map(|e| e.charges).sum();
-        self.cap.ledger_lost_ie_h = self.ledger.iter().map(|e| e.lost_ie_hours).sum();
+        self.cap.charges = self.ledger.iter().map(|e| e.charges.as_f64()).sum();
+        self.cap.ledger_lost_ie_h = self.ledger.iter().map(|e| e.lost_ie_hours()).sum();
         let mut rows = Vec::with_capacity(jobs.len());
         let (mut waits, mut completions) = (Vec::new(), Vec::new());
         let (mut goodput, mut lost_pre, mut lost_fail) = (0.0, 0.0, 0.0);
@@ -852,10 +852,10 @@ impl Metrics {
                 continue;
             };
             c.reserved_ie_h += ie_h(b.reserved);
-            c.streaming_ie_h += t.streaming_ie_hours;
-            c.headroom_ie_h += t.headroom_ie_hours;
+            c.streaming_ie_h += t.streaming.ie_hours();
+            c.headroom_ie_h += t.headroom.ie_hours();
             c.leased_ie_h += ie_h(b.leased);
-            c.idle_ie_h += t.idle_ie_hours;
+            c.idle_ie_h += t.idle.ie_hours();
             c.supply_ie_h += ie_h(b.supply);
             c.leased_within_supply_ie_h += ie_h(b.within_supply);
             c.leased_beyond_supply_ie_h += ie_h(b.beyond_supply);
@@ -871,7 +871,7 @@ impl Metrics {
             reachable += ie_h(b.reachable);
             // Independent sums against the core's accounts.
             let parts =
-                t.streaming_ie_hours + t.headroom_ie_hours + ie_h(b.leased) + t.idle_ie_hours;
+                t.streaming.ie_hours() + t.headroom.ie_hours() + ie_h(b.leased) + t.idle.ie_hours();
             let checks = [
                 (
                     "reserved = streaming + headroom + leased (executors) + idle",
@@ -880,22 +880,22 @@ impl Metrics {
                 ),
                 (
                     "leased IE-h (core vs executors)",
-                    t.leased_ie_hours,
+                    t.leased.ie_hours(),
                     ie_h(b.leased),
                 ),
                 (
                     "supply IE-h (core's account vs its reports)",
-                    t.supply_ie_hours,
+                    t.supply.ie_hours(),
                     ie_h(b.supply),
                 ),
                 (
                     "leased beyond supply IE-h (core vs executors)",
-                    t.violation_ie_hours,
+                    t.violation.ie_hours(),
                     ie_h(b.beyond_supply),
                 ),
                 (
                     "reserved IE-h (core vs scenario)",
-                    t.reserved_ie_hours,
+                    t.reserved.ie_hours(),
                     ie_h(b.reserved),
                 ),
             ];

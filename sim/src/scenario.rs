@@ -545,17 +545,10 @@ impl Scenario {
 
     /// Parses and validates scenario text (relative paths resolve against `.`).
     pub fn parse(text: &str) -> Result<Scenario> {
-        let de = toml::Deserializer::parse(text).context("parsing TOML")?;
-        // `deny_unknown_fields` covers the simulator's own tables; the core's
-        // config types embedded here (`[teams.*]`) ignore unknown keys, so
-        // every key serde skipped anywhere in the file is an error too.
-        let mut unknown = Vec::new();
-        let sc: Scenario = serde_ignored::deserialize(de, |path| unknown.push(dotted(&path)))
-            .context("parsing TOML")?;
-        if let Some(path) = unknown.first() {
-            let hint = known_keys_at::<TeamConfig>(path, "teams", 2);
-            bail!("unknown key `{path}`{hint}");
-        }
+        // Every table, the simulator's own and the core's config types
+        // embedded here (`[teams.*]`), denies unknown fields: a typo is an
+        // error with its line, naming the key and the fields expected there.
+        let sc: Scenario = toml::from_str(text).context("parsing TOML")?;
         sc.validate()?;
         Ok(sc)
     }
@@ -1101,72 +1094,9 @@ pub const MAX_TASKS: u64 = 20_000_000;
 /// memory (an event or a row of ~100 bytes), so 10 million is about 1 GiB.
 pub const MAX_PREBUILT_EVENTS: u64 = 10_000_000;
 
-/// Deserializes `table` (found at `at` in the scenario) into `T`, refusing
-/// any key that `T` would silently ignore.
-fn strict<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
-    table: &toml::Table,
-    at: &str,
-) -> Result<T> {
-    let mut unknown = Vec::new();
-    let value: T = serde_ignored::deserialize(toml::Value::Table(table.clone()), |path| {
-        unknown.push(dotted(&path))
-    })
-    .with_context(|| format!("`{at}`"))?;
-    if let Some(path) = unknown.first() {
-        let hint = known_keys::<T>(path);
-        bail!("unknown key `{at}.{path}`{hint}");
-    }
-    Ok(value)
-}
-
-/// A `serde_ignored` path as the user wrote it: `teams.ml.weigth`,
-/// `workload[2].colour` (option and newtype layers are invisible in TOML).
-fn dotted(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
-        Path::Map { parent, key } => {
-            let p = dotted(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => dotted(parent),
-    }
-}
-
-/// ", expected one of: a, b" listing the keys `T`'s default has at the
-/// parent of `path`, or nothing if that place is not a table of `T`'s.
-fn known_keys<T: serde::Serialize + Default>(path: &str) -> String {
-    let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(T::default()) else {
-        return String::new();
-    };
-    let mut parts: Vec<&str> = path.split('.').collect();
-    parts.pop();
-    for part in parts {
-        match table.remove(part) {
-            Some(toml::Value::Table(t)) => table = t,
-            _ => return String::new(),
-        }
-    }
-    if table.is_empty() {
-        return String::new();
-    }
-    let keys: Vec<&str> = table.keys().map(String::as_str).collect();
-    format!(" (expected one of: {})", keys.join(", "))
-}
-
-/// [`known_keys`] for a path inside a map of `T`s at `prefix`
-/// (`teams.<name>.…`): `depth` is how many segments name the entry.
-fn known_keys_at<T: serde::Serialize + Default>(path: &str, prefix: &str, depth: usize) -> String {
-    let parts: Vec<&str> = path.split('.').collect();
-    if parts.first() != Some(&prefix) || parts.len() <= depth {
-        return String::new();
-    }
-    known_keys::<T>(&parts[depth..].join("."))
+/// Deserializes `table` (found at `at` in the scenario) into `T`. The
+/// core's config types deny unknown fields, so a typo anywhere inside is an
+/// error naming the key and the fields it could have been.
+fn strict<T: serde::de::DeserializeOwned>(table: &toml::Table, at: &str) -> Result<T> {
+    T::deserialize(toml::Value::Table(table.clone())).with_context(|| format!("`{at}`"))
 }

@@ -65,6 +65,8 @@ fn template(w: &WorkloadSpec, name: String, n_tasks: u32) -> JobSpec {
     }
     JobSpec {
         id: JobId(0),
+        request_key: None,
+        expected_runtime: None,
         name,
         team: TeamId::from(w.team.as_str()),
         tier: w.tier,

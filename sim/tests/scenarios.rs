@@ -71,27 +71,27 @@ fn bad_input_names_the_field() {
         (
             "typo in [market]",
             append("[market]\nflor_price = 1.0"),
-            "unknown key `market.flor_price` (expected one of: ",
+            "`market`: unknown field `flor_price`, expected one of `reference_instance_type`",
         ),
         (
             "typo in [teams.*]",
             append("[teams.ml]\nweigth = 2"),
-            "unknown key `teams.ml.weigth` (expected one of: cap, guarantee, weight)",
+            "unknown field `weigth`, expected one of `weight`, `guarantee`, `cap`",
         ),
         (
             "typo deep in [teams.*]",
             append("[teams.ml.guarantee.flex]\ncpu_milis = 4000"),
-            "unknown key `teams.ml.guarantee.flex.cpu_milis`",
+            "unknown field `cpu_milis`, expected one of `cpu_millis`",
         ),
         (
             "typo in [policies.*]",
             append("[policies.mine]\nflex.good_enuf = 0.5"),
-            "unknown key `policies.mine.flex.good_enuf` (expected one of: good_enough, max_hosts_scored, scorers, search_order)",
+            "`policies.mine`: unknown field `good_enuf`, expected one of `scorers`, `search_order`, `good_enough`, `max_hosts_scored`",
         ),
         (
             "typo in a policy's market",
             append("[policies.mine.market]\nvictim_polcy = \"cost\""),
-            "unknown key `policies.mine.market.victim_polcy`",
+            "unknown field `victim_polcy`, expected one of `reference_instance_type`",
         ),
         (
             "bad value in [market]",

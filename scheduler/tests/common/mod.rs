@@ -25,6 +25,7 @@ pub fn host(id: &str, zone: &str, cpus: u64, mem_gib: u64) -> HostSpec {
 pub fn job(id: u64, team: &str, tier: Tier, n: u32, cpu_millis: u64, mem_mib: u64) -> JobSpec {
     JobSpec {
         id: JobId(id),
+        request_key: None,
         name: format!("job-{id}"),
         team: TeamId::from(team),
         tier,
@@ -38,6 +39,7 @@ pub fn job(id: u64, team: &str, tier: Tier, n: u32, cpu_millis: u64, mem_mib: u6
         retry: RetryPolicy::default(),
         disruption_budget: None,
         checkpoint_interval: None,
+        expected_runtime: None,
     }
 }
 
@@ -48,4 +50,14 @@ pub fn task(job: u64, index: u32) -> TaskId {
 /// Drains every queued action.
 pub fn drain(s: &mut Scheduler) -> Vec<Action> {
     std::iter::from_fn(|| s.poll_action()).collect()
+}
+
+/// The task's current run (the one an executor would report on).
+pub fn run(s: &Scheduler, task: TaskId) -> RunId {
+    s.task(task).expect("task exists").run
+}
+
+/// Ticks, plans and commits a round at `now`, returning the plan.
+pub fn round(s: &mut Scheduler, now: Timestamp) -> Plan {
+    s.run_round(now).expect("time moves forward").0
 }

@@ -1,0 +1,349 @@
+//! Ordered indexes of active hosts by free capacity, so a search starts at
+//! the first host with enough room in the task's dominant dimension and never
+//! visits hosts that are too full in it.
+//!
+//! Keys are `(free, rank, host_idx)`: `rank` is the tie-break (insertion order
+//! or a seeded permutation, see [`crate::TieBreak`]) and unique per host, so
+//! `host_idx` never decides an order; it only names the host.
+//!
+//! A round plans against the committed index plus a small index of the hosts
+//! it touched tentatively ([`crate::model::overlay`]): [`HostIndex::candidates`]
+//! merges both and skips the committed entries of touched hosts.
+
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+use crate::units::ids::{HostIdx, PoolIdx};
+use crate::units::resources::{Dim, Resources};
+
+type Key = (u64, u64, HostIdx);
+
+/// Which index a search walks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum IndexDim {
+    Cpu,
+    Memory,
+    Gpu,
+}
+
+impl IndexDim {
+    pub(crate) fn dim(self) -> Dim {
+        match self {
+            IndexDim::Cpu => Dim::Cpu,
+            IndexDim::Memory => Dim::Memory,
+            IndexDim::Gpu => Dim::Gpu,
+        }
+    }
+
+    pub(crate) fn amount(self, r: &Resources) -> u64 {
+        match self {
+            IndexDim::Cpu => r.cpu_millis,
+            IndexDim::Memory => r.memory_mib,
+            IndexDim::Gpu => r.gpus,
+        }
+    }
+}
+
+/// One partition's ordered sets.
+#[derive(Clone, Debug, Default)]
+struct Sets {
+    by_cpu: BTreeSet<Key>,
+    by_memory: BTreeSet<Key>,
+    by_gpu: BTreeSet<Key>,
+}
+
+impl Sets {
+    fn set(&self, dim: IndexDim) -> &BTreeSet<Key> {
+        match dim {
+            IndexDim::Cpu => &self.by_cpu,
+            IndexDim::Memory => &self.by_memory,
+            IndexDim::Gpu => &self.by_gpu,
+        }
+    }
+}
+
+/// Hosts are partitioned by pool and by whether they carry flex work:
+/// partition `2 × pool + HAS_FLEX`. Flex tasks may only go to hosts that
+/// already carry flex work in a pool that cannot lease another host, so a
+/// search leaves that pool's other partition out entirely instead of
+/// rejecting its empty hosts one by one.
+pub(crate) const NO_FLEX: usize = 0;
+/// See [`NO_FLEX`].
+pub(crate) const HAS_FLEX: usize = 1;
+
+/// The partition of a host in `pool`, with or without flex work.
+pub(crate) fn part_of(pool: PoolIdx, has_flex: bool) -> usize {
+    2 * pool.get() + if has_flex { HAS_FLEX } else { NO_FLEX }
+}
+
+/// The pool of a partition.
+pub(crate) fn pool_of_part(part: usize) -> PoolIdx {
+    PoolIdx::from_usize(part / 2)
+}
+
+/// Active hosts ordered by free CPU, free memory and (GPU hosts only) free
+/// GPUs, in partitions by pool and flex work (see [`part_of`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostIndex {
+    parts: Vec<Sets>,
+    n_hosts: usize,
+}
+
+impl HostIndex {
+    /// Adds a host with the given free capacity to partition `part`.
+    pub(crate) fn insert(
+        &mut self,
+        host_idx: HostIdx,
+        rank: u64,
+        free: &Resources,
+        has_gpus: bool,
+        part: usize,
+    ) {
+        if self.parts.len() <= part {
+            self.parts.resize_with(part + 1, Sets::default);
+        }
+        let p = &mut self.parts[part];
+        let fresh = p.by_cpu.insert((free.cpu_millis, rank, host_idx));
+        debug_assert!(fresh, "host {host_idx:?} indexed twice");
+        p.by_memory.insert((free.memory_mib, rank, host_idx));
+        if has_gpus {
+            p.by_gpu.insert((free.gpus, rank, host_idx));
+        }
+        self.n_hosts += 1;
+    }
+
+    /// Removes a host whose free capacity was `free` from partition `part`.
+    pub(crate) fn remove(
+        &mut self,
+        host_idx: HostIdx,
+        rank: u64,
+        free: &Resources,
+        has_gpus: bool,
+        part: usize,
+    ) {
+        let p = &mut self.parts[part];
+        let removed = p.by_cpu.remove(&(free.cpu_millis, rank, host_idx))
+            & p.by_memory.remove(&(free.memory_mib, rank, host_idx));
+        assert!(
+            removed,
+            "host {host_idx:?} was not indexed with this free capacity"
+        );
+        if has_gpus {
+            p.by_gpu.remove(&(free.gpus, rank, host_idx));
+        }
+        self.n_hosts -= 1;
+    }
+
+    /// Moves a host from (`old_part`, `old_free`) to (`new_part`, `new_free`),
+    /// touching only the sets whose key changed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn update(
+        &mut self,
+        host_idx: HostIdx,
+        rank: u64,
+        old_part: usize,
+        old_free: &Resources,
+        new_part: usize,
+        new_free: &Resources,
+        has_gpus: bool,
+    ) {
+        if old_part != new_part {
+            self.remove(host_idx, rank, old_free, has_gpus, old_part);
+            self.insert(host_idx, rank, new_free, has_gpus, new_part);
+            return;
+        }
+        fn mv(set: &mut BTreeSet<Key>, old: u64, new: u64, rank: u64, h: HostIdx) {
+            if old != new {
+                let removed = set.remove(&(old, rank, h));
+                assert!(removed, "host {h:?} was not indexed at {old}");
+                set.insert((new, rank, h));
+            }
+        }
+        let p = &mut self.parts[old_part];
+        mv(
+            &mut p.by_cpu,
+            old_free.cpu_millis,
+            new_free.cpu_millis,
+            rank,
+            host_idx,
+        );
+        mv(
+            &mut p.by_memory,
+            old_free.memory_mib,
+            new_free.memory_mib,
+            rank,
+            host_idx,
+        );
+        if has_gpus {
+            mv(&mut p.by_gpu, old_free.gpus, new_free.gpus, rank, host_idx);
+        }
+    }
+
+    /// Number of indexed (active) hosts.
+    pub(crate) fn len(&self) -> usize {
+        self.n_hosts
+    }
+
+    /// Number of partitions (some may be empty).
+    pub(crate) fn n_parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Number of indexed hosts in one partition.
+    pub(crate) fn len_part(&self, part: usize) -> usize {
+        self.parts.get(part).map_or(0, |p| p.by_cpu.len())
+    }
+
+    /// Hosts with at least `min_free` free in `dim`, from the partitions
+    /// `include` accepts, merged in key order: tightest first (ascending
+    /// free) or loosest first (descending). With `extra`, the entries of
+    /// `self` for which `stale` holds are skipped and `extra`'s entries (the
+    /// same hosts at their tentative free capacity) are merged in.
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        extra: Option<&'a HostIndex>,
+        dim: IndexDim,
+        min_free: u64,
+        loosest_first: bool,
+        include: impl Fn(usize) -> bool,
+        stale: impl Fn(HostIdx) -> bool + 'a,
+    ) -> impl Iterator<Item = HostIdx> + 'a {
+        let mut heads: Vec<Head<'a>> = Vec::new();
+        for (is_extra, index) in [(false, Some(self)), (true, extra)] {
+            let Some(index) = index else { continue };
+            for p in 0..index.parts.len() {
+                let set = index.parts[p].set(dim);
+                if !include(p) || set.is_empty() {
+                    continue;
+                }
+                let range =
+                    set.range((Bound::Included((min_free, 0, HostIdx(0))), Bound::Unbounded));
+                let it: Box<dyn Iterator<Item = &'a Key> + 'a> = if loosest_first {
+                    Box::new(range.rev())
+                } else {
+                    Box::new(range)
+                };
+                heads.push(Head {
+                    keys: it.peekable(),
+                    is_extra,
+                });
+            }
+        }
+        Merge {
+            heads,
+            desc: loosest_first,
+            stale,
+            filter: extra.is_some(),
+        }
+    }
+}
+
+struct Head<'a> {
+    keys: std::iter::Peekable<Box<dyn Iterator<Item = &'a Key> + 'a>>,
+    is_extra: bool,
+}
+
+/// Merges key-ordered iterators (ascending, or descending if `desc`). A
+/// linear scan over the heads: there are at most two per pool and index.
+struct Merge<'a, F> {
+    heads: Vec<Head<'a>>,
+    desc: bool,
+    stale: F,
+    filter: bool,
+}
+
+impl<F: Fn(HostIdx) -> bool> Iterator for Merge<'_, F> {
+    type Item = HostIdx;
+
+    fn next(&mut self) -> Option<HostIdx> {
+        loop {
+            let desc = self.desc;
+            let mut best: Option<(usize, Key)> = None;
+            for (i, head) in self.heads.iter_mut().enumerate() {
+                if let Some(&&k) = head.keys.peek() {
+                    let better = match best {
+                        None => true,
+                        Some((_, b)) => (k < b) != desc,
+                    };
+                    if better {
+                        best = Some((i, k));
+                    }
+                }
+            }
+            let (i, _) = best?;
+            let head = &mut self.heads[i];
+            let key = head.keys.next().expect("peeked");
+            if self.filter && !head.is_extra && (self.stale)(key.2) {
+                continue;
+            }
+            return Some(key.2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(i: u32) -> HostIdx {
+        HostIdx(i)
+    }
+
+    #[test]
+    fn partitions_merge_in_key_order_and_can_be_skipped() {
+        let mut idx = HostIndex::default();
+        let free = |cpu| Resources::cpu_mem(cpu, 1024);
+        let p1 = PoolIdx(1);
+        idx.insert(h(0), 0, &free(4000), false, NO_FLEX);
+        idx.insert(h(1), 1, &free(2000), false, HAS_FLEX);
+        idx.insert(h(2), 2, &free(3000), false, part_of(p1, false));
+        idx.insert(h(3), 3, &free(1000), false, HAS_FLEX);
+        let walk = |idx: &HostIndex, min, loosest, skip: usize| {
+            idx.candidates(None, IndexDim::Cpu, min, loosest, |p| p != skip, |_| false)
+                .map(|x| x.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(walk(&idx, 1500, false, usize::MAX), vec![1, 2, 0]);
+        assert_eq!(walk(&idx, 0, true, usize::MAX), vec![0, 2, 1, 3]);
+        assert_eq!(walk(&idx, 0, false, NO_FLEX), vec![3, 1, 2]);
+        assert_eq!(walk(&idx, 0, true, HAS_FLEX), vec![0, 2]);
+        // A host gaining flex work moves partitions.
+        idx.update(
+            h(2),
+            2,
+            part_of(p1, false),
+            &free(3000),
+            part_of(p1, true),
+            &free(2500),
+            false,
+        );
+        assert_eq!(walk(&idx, 0, false, NO_FLEX), vec![3, 1, 2]);
+        assert_eq!((idx.len(), idx.len_part(NO_FLEX), idx.n_parts()), (4, 1, 4));
+    }
+
+    #[test]
+    fn a_tentative_index_shadows_the_committed_entries_of_touched_hosts() {
+        let free = |cpu| Resources::cpu_mem(cpu, 1024);
+        let mut base = HostIndex::default();
+        base.insert(h(0), 0, &free(4000), false, NO_FLEX);
+        base.insert(h(1), 1, &free(3000), false, NO_FLEX);
+        base.insert(h(2), 2, &free(2000), false, NO_FLEX);
+        // Host 0 took 3 vCPU tentatively: it is now the tightest.
+        let mut extra = HostIndex::default();
+        extra.insert(h(0), 0, &free(1000), false, HAS_FLEX);
+        let walk = |min| {
+            base.candidates(
+                Some(&extra),
+                IndexDim::Cpu,
+                min,
+                false,
+                |_| true,
+                |x| x == h(0),
+            )
+            .map(|x| x.0)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(walk(0), vec![0, 2, 1]);
+        assert_eq!(walk(1500), vec![2, 1], "host 0 no longer has 1.5 vCPU free");
+    }
+}

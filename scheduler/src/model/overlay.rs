@@ -1,0 +1,491 @@
+//! Tentative changes on top of the committed state, and the [`View`] that
+//! reads through them.
+//!
+//! A round plans against `State + Overlay`: each tentative placement writes
+//! the touched host's, team's, pool's and job's new figures into the overlay
+//! (copy on write, absolute values) and re-indexes the touched host in a
+//! small index of its own, so [`crate::model::index::HostIndex::candidates`]
+//! sees it at its tentative free capacity. The committed state is never
+//! written, which is what makes `plan_round(&self)` pure. A gang that does
+//! not fit rolls its members back through an undo log that is kept only
+//! while a [`Overlay::checkpoint`] is open.
+//!
+//! Commit applies an overlay's placements through [`State::charge`], the one
+//! charge path, host by host (one index update per host, not per task).
+
+use std::sync::Arc;
+
+use crate::model::index::{HostIndex, IndexDim};
+use crate::model::job::Job;
+use crate::model::{Host, State};
+use crate::spec::host::HostState;
+use crate::spec::job::Tier;
+use crate::units::ids::{HostIdx, JobId, PoolIdx, TaskId, TeamIdx, ZoneIdx};
+use crate::units::ie::Ie;
+use crate::units::resources::Resources;
+use crate::util::{FxMap, FxSet};
+
+/// A touched host's tentative figures.
+#[derive(Clone, Debug, PartialEq)]
+struct HostDelta {
+    allocated: Resources,
+    n_flex_tasks: u32,
+    reclaiming: bool,
+}
+
+/// The previous value of one overlay entry (`None`: it was absent).
+#[derive(Clone, Debug)]
+enum Undo {
+    Host(HostIdx, Option<HostDelta>),
+    Team(TeamIdx, Option<[Resources; 2]>),
+    Pool(PoolIdx, Option<Ie>),
+    JobHost((JobId, HostIdx), Option<u32>),
+    JobZone((JobId, ZoneIdx), Option<u32>),
+    Group((Arc<str>, HostIdx), Option<u32>),
+    Placement,
+}
+
+/// Tentative changes of one round (or one commit's re-validation, or one
+/// compaction what-if).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Overlay {
+    hosts: FxMap<HostIdx, HostDelta>,
+    /// Touched active hosts at their tentative free capacity.
+    index: HostIndex,
+    /// Per committed-index partition: touched active hosts whose committed
+    /// entry there is shadowed by `index`.
+    touched_parts: FxMap<usize, usize>,
+    teams: FxMap<TeamIdx, [Resources; 2]>,
+    pools: FxMap<PoolIdx, Ie>,
+    job_hosts: FxMap<(JobId, HostIdx), u32>,
+    job_zones: FxMap<(JobId, ZoneIdx), u32>,
+    groups: FxMap<(Arc<str>, HostIdx), u32>,
+    placed: FxSet<TaskId>,
+    /// Tentative placements in the order they were made.
+    placements: Vec<(TaskId, HostIdx)>,
+    undo: Vec<Undo>,
+    /// Open checkpoints; the undo log is kept only while this is non-zero.
+    depth: u32,
+}
+
+/// A position in the undo log.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Mark(usize);
+
+impl Overlay {
+    /// Tentative placements, in order.
+    pub(crate) fn placements(&self) -> &[(TaskId, HostIdx)] {
+        &self.placements
+    }
+
+    fn host_delta(&self, state: &State, h: HostIdx) -> HostDelta {
+        match self.hosts.get(&h) {
+            Some(d) => d.clone(),
+            None => {
+                let host = &state.hosts[h];
+                HostDelta {
+                    allocated: host.allocated.clone(),
+                    n_flex_tasks: host.n_flex_tasks,
+                    reclaiming: host.reclaiming,
+                }
+            }
+        }
+    }
+
+    /// Replaces a host's tentative figures and re-indexes it.
+    fn set_host(&mut self, state: &State, h: HostIdx, new: HostDelta) {
+        let host = &state.hosts[h];
+        let old = self.hosts.insert(h, new.clone());
+        if host.state == HostState::Active {
+            let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
+            let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
+            match &old {
+                Some(o) => self.index.update(
+                    h,
+                    host.rank,
+                    part(o),
+                    &free(o),
+                    part(&new),
+                    &free(&new),
+                    host.has_gpus(),
+                ),
+                None => {
+                    *self.touched_parts.entry(host.index_part()).or_default() += 1;
+                    self.index
+                        .insert(h, host.rank, &free(&new), host.has_gpus(), part(&new))
+                }
+            }
+        }
+        if self.depth > 0 {
+            self.undo.push(Undo::Host(h, old));
+        }
+    }
+
+    fn restore_host(&mut self, state: &State, h: HostIdx, previous: Option<HostDelta>) {
+        let host = &state.hosts[h];
+        let current = self.hosts.remove(&h).expect("undone host is touched");
+        if host.state == HostState::Active {
+            let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
+            let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
+            self.index.remove(
+                h,
+                host.rank,
+                &free(&current),
+                host.has_gpus(),
+                part(&current),
+            );
+            match &previous {
+                Some(p) => self
+                    .index
+                    .insert(h, host.rank, &free(p), host.has_gpus(), part(p)),
+                None => {
+                    let n = self
+                        .touched_parts
+                        .get_mut(&host.index_part())
+                        .expect("touched host counted");
+                    *n -= 1;
+                }
+            }
+        }
+        if let Some(p) = previous {
+            self.hosts.insert(h, p);
+        }
+    }
+
+    fn set_count<K: std::hash::Hash + Eq + Clone>(
+        map: &mut FxMap<K, u32>,
+        key: K,
+        base: u32,
+        add: bool,
+    ) -> Option<u32> {
+        let current = map.get(&key).copied().unwrap_or(base);
+        let new = if add {
+            current.checked_add(1).expect("count overflow")
+        } else {
+            current.checked_sub(1).expect("count below zero")
+        };
+        map.insert(key, new)
+    }
+
+    /// Places one task of `job` on host `h` tentatively (`add`), or takes
+    /// one off it (`!add`, compaction what-ifs). The caller checked feasibility.
+    pub(crate) fn charge(&mut self, state: &State, task: TaskId, h: HostIdx, add: bool) {
+        let job = &state.jobs[&task.job];
+        let host = &state.hosts[h];
+        let request = &job.spec.request;
+        let flex = job.spec.tier == Tier::Flex;
+
+        let old = self.host_delta(state, h);
+        let mut new = old.clone();
+        if add {
+            new.allocated
+                .checked_add_assign(request)
+                .expect("tentative over-commit: feasibility not checked");
+        } else {
+            new.allocated
+                .checked_sub_assign(request)
+                .expect("took off more than the host holds");
+        }
+        if flex {
+            new.n_flex_tasks = if add {
+                new.n_flex_tasks + 1
+            } else {
+                new.n_flex_tasks.checked_sub(1).expect("flex count")
+            };
+            if new.n_flex_tasks == 0 {
+                new.reclaiming = false;
+            }
+            let (was, is) = (old.n_flex_tasks > 0, new.n_flex_tasks > 0);
+            if was != is {
+                let leased = self.leased(state, host.pool);
+                let leased = if is {
+                    leased + host.ie
+                } else {
+                    leased - host.ie
+                };
+                let prev = self.pools.insert(host.pool, leased);
+                if self.depth > 0 {
+                    self.undo.push(Undo::Pool(host.pool, prev));
+                }
+            }
+        }
+        self.set_host(state, h, new);
+
+        let team = job.team;
+        let mut alloc = self
+            .teams
+            .get(&team)
+            .cloned()
+            .unwrap_or_else(|| state.teams[team.get()].allocated.clone());
+        let slot = &mut alloc[job.spec.tier.index()];
+        if add {
+            slot.checked_add_assign(request)
+                .expect("team allocation overflow");
+        } else {
+            slot.checked_sub_assign(request)
+                .expect("team holds less than taken off");
+        }
+        let prev = self.teams.insert(team, alloc);
+        if self.depth > 0 {
+            self.undo.push(Undo::Team(team, prev));
+        }
+
+        if job.tracks_placement {
+            let key = (task.job, h);
+            let prev = Self::set_count(&mut self.job_hosts, key, job.on_host(h), add);
+            if self.depth > 0 {
+                self.undo.push(Undo::JobHost(key, prev));
+            }
+            let zone = host.zone;
+            let base = job.per_zone.get(zone.get()).copied().unwrap_or(0);
+            let key = (task.job, zone);
+            let prev = Self::set_count(&mut self.job_zones, key, base, add);
+            if self.depth > 0 {
+                self.undo.push(Undo::JobZone(key, prev));
+            }
+        }
+        if let Some(g) = &job.unique_group {
+            let base = state
+                .unique_groups
+                .get(g)
+                .and_then(|m| m.get(&h))
+                .copied()
+                .unwrap_or(0);
+            let key = (g.clone(), h);
+            let prev = Self::set_count(&mut self.groups, key.clone(), base, add);
+            if self.depth > 0 {
+                self.undo.push(Undo::Group(key, prev));
+            }
+        }
+        if add {
+            self.placed.insert(task);
+            self.placements.push((task, h));
+            if self.depth > 0 {
+                self.undo.push(Undo::Placement);
+            }
+        }
+    }
+
+    /// Marks a host as being emptied by reclaim: no new flex work goes there.
+    pub(crate) fn mark_reclaiming(&mut self, state: &State, h: HostIdx) {
+        let mut d = self.host_delta(state, h);
+        if !d.reclaiming {
+            d.reclaiming = true;
+            self.set_host(state, h, d);
+        }
+    }
+
+    /// Opens a checkpoint that [`Overlay::rollback`] can return to.
+    pub(crate) fn checkpoint(&mut self) -> Mark {
+        self.depth += 1;
+        Mark(self.undo.len())
+    }
+
+    /// Keeps everything since `mark` and closes its checkpoint. Inside an
+    /// outer checkpoint the changes stay undoable by the outer rollback.
+    pub(crate) fn keep(&mut self, mark: Mark) {
+        self.depth -= 1;
+        if self.depth == 0 {
+            debug_assert!(mark.0 <= self.undo.len());
+            self.undo.clear();
+        }
+    }
+
+    /// Undoes everything since `mark` and closes its checkpoint.
+    pub(crate) fn rollback(&mut self, state: &State, mark: Mark) {
+        while self.undo.len() > mark.0 {
+            match self.undo.pop().expect("checked length") {
+                Undo::Host(h, prev) => self.restore_host(state, h, prev),
+                Undo::Team(t, prev) => restore(&mut self.teams, t, prev),
+                Undo::Pool(p, prev) => restore(&mut self.pools, p, prev),
+                Undo::JobHost(k, prev) => restore(&mut self.job_hosts, k, prev),
+                Undo::JobZone(k, prev) => restore(&mut self.job_zones, k, prev),
+                Undo::Group(k, prev) => restore(&mut self.groups, k, prev),
+                Undo::Placement => {
+                    let (task, _) = self.placements.pop().expect("placement to undo");
+                    self.placed.remove(&task);
+                }
+            }
+        }
+        self.depth -= 1;
+        if self.depth == 0 {
+            self.undo.clear();
+        }
+    }
+
+    fn leased(&self, state: &State, p: PoolIdx) -> Ie {
+        self.pools
+            .get(&p)
+            .copied()
+            .unwrap_or(state.market.pools[p.get()].leased)
+    }
+
+    /// Checks that `state` (after commit applied this overlay) shows the
+    /// figures the overlay predicted. Debug builds only.
+    pub(crate) fn check_applied(&self, state: &State) -> Result<(), String> {
+        for (h, d) in &self.hosts {
+            let host = &state.hosts[*h];
+            if host.allocated != d.allocated || host.n_flex_tasks != d.n_flex_tasks {
+                return Err(format!(
+                    "host {}: committed {} / {} flex, planned {} / {} flex",
+                    host.spec.id, host.allocated, host.n_flex_tasks, d.allocated, d.n_flex_tasks
+                ));
+            }
+        }
+        for (p, leased) in &self.pools {
+            if state.market.pools[p.get()].leased != *leased {
+                return Err(format!("pool {p:?}: committed lease differs from the plan"));
+            }
+        }
+        for (t, alloc) in &self.teams {
+            if state.teams[t.get()].allocated != *alloc {
+                return Err(format!(
+                    "team {t:?}: committed allocation differs from the plan"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut FxMap<K, V>, key: K, prev: Option<V>) {
+    match prev {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+/// The committed state seen through an overlay: every read a checker,
+/// scorer, search or victim selection makes goes through here.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub(crate) state: &'a State,
+    pub(crate) overlay: &'a Overlay,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(state: &'a State, overlay: &'a Overlay) -> Self {
+        View { state, overlay }
+    }
+
+    #[inline]
+    pub(crate) fn host(&self, h: HostIdx) -> &'a Host {
+        &self.state.hosts[h]
+    }
+
+    #[inline]
+    pub(crate) fn allocated(&self, h: HostIdx) -> &'a Resources {
+        match self.overlay.hosts.get(&h) {
+            Some(d) => &d.allocated,
+            None => &self.state.hosts[h].allocated,
+        }
+    }
+
+    pub(crate) fn free(&self, h: HostIdx) -> Resources {
+        self.host(h).spec.capacity.saturating_sub(self.allocated(h))
+    }
+
+    #[inline]
+    pub(crate) fn n_flex(&self, h: HostIdx) -> u32 {
+        match self.overlay.hosts.get(&h) {
+            Some(d) => d.n_flex_tasks,
+            None => self.state.hosts[h].n_flex_tasks,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn reclaiming(&self, h: HostIdx) -> bool {
+        match self.overlay.hosts.get(&h) {
+            Some(d) => d.reclaiming,
+            None => self.state.hosts[h].reclaiming,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn leased(&self, p: PoolIdx) -> Ie {
+        self.overlay.leased(self.state, p)
+    }
+
+    /// True if flex work may lease some host of this pool that carries no
+    /// flex work now (see [`crate::model::market::Market::can_lease_with`]).
+    pub(crate) fn can_lease_in(&self, p: PoolIdx) -> bool {
+        self.state.market.can_lease_with(p, self.leased(p))
+    }
+
+    pub(crate) fn team_allocated(&self, t: TeamIdx, tier: Tier) -> &'a Resources {
+        match self.overlay.teams.get(&t) {
+            Some(a) => &a[tier.index()],
+            None => &self.state.teams[t.get()].allocated[tier.index()],
+        }
+    }
+
+    /// Tasks of `job` on host `h` (kept only for jobs that track placement).
+    pub(crate) fn job_on_host(&self, job_id: JobId, job: &Job, h: HostIdx) -> u32 {
+        match self.overlay.job_hosts.get(&(job_id, h)) {
+            Some(n) => *n,
+            None => job.on_host(h),
+        }
+    }
+
+    /// Tasks of `job` in zone `z` (kept only for jobs that track placement).
+    pub(crate) fn job_in_zone(&self, job_id: JobId, job: &Job, z: ZoneIdx) -> u32 {
+        match self.overlay.job_zones.get(&(job_id, z)) {
+            Some(n) => *n,
+            None => job.per_zone.get(z.get()).copied().unwrap_or(0),
+        }
+    }
+
+    /// Tasks of the unique-host group `g` on host `h`.
+    pub(crate) fn group_on_host(&self, g: &Arc<str>, h: HostIdx) -> u32 {
+        if !self.overlay.groups.is_empty()
+            && let Some(n) = self.overlay.groups.get(&(g.clone(), h))
+        {
+            return *n;
+        }
+        self.state
+            .unique_groups
+            .get(g)
+            .and_then(|m| m.get(&h))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// True if the task was placed in this overlay.
+    pub(crate) fn is_placed(&self, task: TaskId) -> bool {
+        self.overlay.placed.contains(&task)
+    }
+
+    /// Active hosts with at least `min_free` free in `dim`, in tentative key
+    /// order (see [`HostIndex::candidates`]).
+    pub(crate) fn candidates(
+        &self,
+        dim: IndexDim,
+        min_free: u64,
+        loosest_first: bool,
+        include: impl Fn(usize) -> bool,
+    ) -> impl Iterator<Item = HostIdx> + 'a {
+        let touched = &self.overlay.hosts;
+        let extra = (!touched.is_empty()).then_some(&self.overlay.index);
+        self.state
+            .index
+            .candidates(extra, dim, min_free, loosest_first, include, move |h| {
+                touched.contains_key(&h)
+            })
+    }
+
+    /// Number of index partitions, committed or tentative.
+    pub(crate) fn n_parts(&self) -> usize {
+        self.state.index.n_parts().max(self.overlay.index.n_parts())
+    }
+
+    /// Active hosts in partition `part`, counting tentative moves between
+    /// partitions (a host gaining its first flex task changes partition).
+    pub(crate) fn len_part(&self, part: usize) -> usize {
+        let shadowed = self.overlay.touched_parts.get(&part).copied().unwrap_or(0);
+        self.state.index.len_part(part) - shadowed + self.overlay.index.len_part(part)
+    }
+}

@@ -1,0 +1,205 @@
+//! The host search: find the best host for one task of a job, through the
+//! feasibility checkers and scorers, assembled in one place.
+//!
+//! ```text
+//!  candidates (host index, from the task's dominant dimension)
+//!      │  tightest-first or loosest-first, only hosts with enough room in it
+//!      ▼
+//!  feasibility checkers ──reject──▶ reason counted (e.g. "insufficient memory")
+//!      │ feasible
+//!      ▼
+//!  weighted scorers (one [0,1] scale) ──▶ keep the best; stop early when a host is
+//!                                         "good enough" or enough hosts were scored
+//! ```
+
+use crate::model::index::{IndexDim, NO_FLEX, pool_of_part};
+use crate::model::job::Job;
+use crate::model::overlay::View;
+use crate::policy::check::{
+    AttributeChecker, FeasibilityChecker, GpuModelChecker, HostStateChecker, PoolSupplyChecker,
+    ResourceFitChecker, UniqueHostChecker, ZoneBalanceChecker,
+};
+use crate::policy::score::score;
+use crate::spec::config::{SearchOrder, TierPolicy};
+use crate::spec::job::Tier;
+use crate::spec::reason::{PendingReasons, Reason};
+use crate::units::ids::HostIdx;
+
+/// The feasibility stages, assembled in one place.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    checkers: Vec<Box<dyn FeasibilityChecker>>,
+}
+
+impl Default for Pipeline {
+    /// Ordering rule: cheapest and most selective first, so most rejections
+    /// cost one comparison; the first failing stage names the host's reason.
+    fn default() -> Self {
+        Pipeline {
+            checkers: vec![
+                // Draining hosts are not in the index, but commit re-validates any host.
+                Box::new(HostStateChecker),
+                // Every resource dimension; the index already guaranteed the dominant one.
+                Box::new(ResourceFitChecker),
+                // GPU model before attributes: GPU jobs are few and picky.
+                Box::new(GpuModelChecker),
+                // Attribute equals / in-set.
+                Box::new(AttributeChecker),
+                // Needs the job's per-host counts.
+                Box::new(UniqueHostChecker),
+                // Needs a scan over zones.
+                Box::new(ZoneBalanceChecker),
+                // Market: flex work leases a new host only within its pool's supply.
+                Box::new(PoolSupplyChecker),
+            ],
+        }
+    }
+}
+
+/// What a host search found.
+#[derive(Debug)]
+pub(crate) enum SearchOutcome {
+    /// The best host seen.
+    Found {
+        host_idx: HostIdx,
+        score: f64,
+        n_examined: u32,
+    },
+    /// No feasible host; reasons counted over every host.
+    NotFound {
+        reasons: PendingReasons,
+        n_examined: u32,
+    },
+}
+
+impl Pipeline {
+    /// Runs every checker; the first rejection wins.
+    pub(crate) fn check(&self, view: &View<'_>, job: &Job, h: HostIdx) -> Result<(), Reason> {
+        let host = view.host(h);
+        self.checkers
+            .iter()
+            .try_for_each(|c| c.check(view, job, h, host))
+    }
+
+    /// Runs only the placement constraints (not resource fit or supply):
+    /// "could this host take the task if room were made?", for preemption.
+    pub(crate) fn check_placement_constraints(
+        &self,
+        view: &View<'_>,
+        job: &Job,
+        h: HostIdx,
+    ) -> Result<(), Reason> {
+        let host = view.host(h);
+        self.checkers
+            .iter()
+            .filter(|c| !c.is_capacity_check())
+            .try_for_each(|c| c.check(view, job, h, host))
+    }
+
+    /// The policy's weighted score for one feasible host, in `[0, 1]`.
+    pub(crate) fn score(&self, policy: &TierPolicy, view: &View<'_>, job: &Job, h: HostIdx) -> f64 {
+        let host = view.host(h);
+        let (mut sum, mut total_weight) = (0.0, 0.0);
+        for &(scorer, weight) in &policy.scorers {
+            sum += weight * score(scorer, view, job, h, host);
+            total_weight += weight;
+        }
+        if total_weight > 0.0 {
+            sum / total_weight
+        } else {
+            0.0
+        }
+    }
+
+    /// Searches the active hosts for the best place for one task of `job`.
+    pub(crate) fn search(&self, view: &View<'_>, job: &Job) -> SearchOutcome {
+        let state = view.state;
+        let policy = state.config.policy(job.spec.tier);
+        let request = &job.spec.request;
+        let dim = index_dim(state, request);
+        let min_free = dim.amount(request);
+        let loosest_first = policy.search_order == SearchOrder::LoosestFirst;
+        let max_scored = policy.max_hosts_scored.map_or(u32::MAX, |m| m.max(1));
+
+        let mut best: Option<(f64, HostIdx)> = None;
+        let mut n_feasible = 0u32;
+        let mut n_examined = 0u32;
+        let mut rejected: Vec<(Reason, u32)> = Vec::new();
+        // Flex work goes only to hosts already carrying flex work in a pool
+        // that cannot lease another host: skip that pool's other hosts wholesale.
+        let skips = |part: usize| {
+            job.spec.tier == Tier::Flex
+                && part % 2 == NO_FLEX
+                && !view.can_lease_in(pool_of_part(part))
+        };
+        for host_idx in view.candidates(dim, min_free, loosest_first, |p| !skips(p)) {
+            n_examined += 1;
+            match self.check(view, job, host_idx) {
+                Ok(()) => {
+                    let score = self.score(policy, view, job, host_idx);
+                    n_feasible += 1;
+                    if best.is_none_or(|(s, _)| score > s) {
+                        best = Some((score, host_idx));
+                    }
+                    if score >= policy.good_enough || n_feasible >= max_scored {
+                        break;
+                    }
+                }
+                Err(reason) => match rejected.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => rejected.push((reason, 1)),
+                },
+            }
+        }
+        if let Some((score, host_idx)) = best {
+            return SearchOutcome::Found {
+                host_idx,
+                score,
+                n_examined,
+            };
+        }
+        // Nothing fit: every active host outside the walked range lacked room
+        // in the index dimension; draining hosts accept nothing.
+        let n_skipped: u32 = (0..view.n_parts())
+            .filter(|&p| skips(p))
+            .map(|p| view.len_part(p) as u32)
+            .sum();
+        if n_skipped > 0 {
+            rejected.push((Reason::PoolSupply, n_skipped));
+        }
+        let n_outside = state.index.len() as u32 - n_skipped - n_examined;
+        if n_outside > 0 {
+            rejected.push((Reason::Insufficient(dim.dim()), n_outside));
+        }
+        if state.n_draining > 0 {
+            rejected.push((Reason::HostNotActive, state.n_draining));
+        }
+        if rejected.is_empty() {
+            rejected.push((Reason::NoHosts, 0));
+        }
+        SearchOutcome::NotFound {
+            reasons: PendingReasons::from_counts(rejected),
+            n_examined,
+        }
+    }
+}
+
+/// The index a search walks: GPUs for GPU tasks (only GPU hosts are in it),
+/// otherwise whichever of CPU and memory the request needs the larger share
+/// of, measured against the active fleet, so the range skips the most hosts.
+fn index_dim(
+    state: &crate::model::State,
+    request: &crate::units::resources::Resources,
+) -> IndexDim {
+    if request.gpus > 0 {
+        return IndexDim::Gpu;
+    }
+    let cap = &state.active_capacity;
+    let cpu_share = request.cpu_millis as u128 * cap.memory_mib.max(1) as u128;
+    let mem_share = request.memory_mib as u128 * cap.cpu_millis.max(1) as u128;
+    if mem_share > cpu_share {
+        IndexDim::Memory
+    } else {
+        IndexDim::Cpu
+    }
+}

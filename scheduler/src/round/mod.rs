@@ -1,0 +1,487 @@
+//! One scheduling round, assembled in one place: reclaim, placement tier by
+//! tier, room for critical tasks, prices. The round reads the committed
+//! state through an overlay of its own tentative changes and returns a
+//! [`Plan`]; nothing is written until [`crate::Scheduler::commit`].
+//!
+//! ```text
+//!   1. reclaim (policy::preempt)      leases over supply → whole hosts back;
+//!                                     their hosts take no new flex work
+//!   2. placement, critical tier first  teams in weighted-DRF order, one task
+//!      (model::queue, policy::search)  per pick, jobs by bid/priority/age;
+//!                                     gangs all or none
+//!   3. room for critical tasks         flex victims for critical work that
+//!      (policy::preempt)               only lacks room (gangs: all or none)
+//!   4. clearing prices (policy::pricing)
+//! ```
+//!
+//! Ordering rules: reclaim runs first so that hosts being taken back never
+//! receive new flex work in the same round; critical placement runs before
+//! flex so that flex work never takes room critical work could use;
+//! critical preemption runs last because it needs to know what could not be
+//! placed.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::overlay::{Overlay, View};
+use crate::model::queue::{JobRank, TeamOrder, TeamRank};
+use crate::model::{ShapeKey, State};
+use crate::policy::preempt::{Preemption, RoundVictims, plan_critical, plan_reclaim};
+use crate::policy::pricing::clearing_prices;
+use crate::policy::search::{Pipeline, SearchOutcome};
+use crate::spec::job::Tier;
+use crate::spec::reason::{PendingReasons, Reason};
+use crate::units::ids::{HostId, JobId, PoolId, PoolIdx, RunId, TaskId, TeamIdx};
+use crate::units::price::Price;
+use crate::units::time::Timestamp;
+use crate::util::FxMap;
+
+/// A planned placement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The run the placement starts: the task and its next attempt number.
+    pub run: RunId,
+    /// The chosen host.
+    pub host: HostId,
+    /// The host's policy score in `[0, 1]` when it was chosen.
+    pub score: f64,
+}
+
+/// Ready tasks of one job that the round could not place, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Unplaced {
+    /// The job.
+    pub job: JobId,
+    /// How many of its ready tasks were left unplaced.
+    pub n_tasks: u32,
+    /// Why, counted over hosts.
+    pub reasons: Arc<PendingReasons>,
+}
+
+/// Counters for one round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundStats {
+    /// Jobs whose tasks the round tried to place.
+    pub n_jobs_considered: u32,
+    /// Tasks placed.
+    pub n_placed: u32,
+    /// Ready tasks left unplaced.
+    pub n_unplaced: u32,
+    /// Hosts run through the feasibility checkers.
+    pub n_hosts_examined: u64,
+    /// Jobs answered from the failed-shape cache without a host search.
+    pub n_shape_cache_hits: u32,
+    /// Tasks chosen for preemption.
+    pub n_preempted: u32,
+}
+
+/// The outcome of [`crate::Scheduler::plan_round`]: nothing has changed yet.
+///
+/// A plan serializes (for a shell that makes it durable before committing)
+/// and commits the same after a round trip: [`crate::Scheduler::commit`]
+/// re-validates every decision unless the core is still exactly at the
+/// state the plan was made from (its `basis`), in which case it applies the
+/// plan's tentative changes directly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// Round sequence number.
+    pub round: u64,
+    /// The `now` the round was planned at.
+    pub now: Timestamp,
+    /// Placements, in the order they were decided. Tasks of a gang job are contiguous.
+    pub assignments: Vec<Assignment>,
+    /// Jobs with ready tasks left unplaced.
+    pub unplaced: Vec<Unplaced>,
+    /// Flex tasks to stop: market reclaim first, then room for critical tasks.
+    pub preemptions: Vec<Preemption>,
+    /// The clearing price of every market-managed pool for this round.
+    pub prices: Vec<(PoolId, Price)>,
+    /// When a disruption budget that held reclaim back gains room, if one did.
+    pub budget_wakeup: Option<Timestamp>,
+    /// Counters.
+    pub stats: RoundStats,
+    /// The state generation the plan was made from.
+    basis: u64,
+    /// Shapes that found no host this round (valid if committed on its basis).
+    learned_failures: Vec<(ShapeKey, Arc<PendingReasons>)>,
+    /// The round's tentative changes, for committing on an unchanged basis
+    /// without re-validation. Not serialized: a deserialized plan re-validates.
+    #[serde(skip)]
+    overlay: Option<Arc<Overlay>>,
+}
+
+impl PartialEq for Plan {
+    /// Equal decisions; the in-memory overlay is a cache and does not count.
+    fn eq(&self, o: &Plan) -> bool {
+        self.round == o.round
+            && self.now == o.now
+            && self.assignments == o.assignments
+            && self.unplaced == o.unplaced
+            && self.preemptions == o.preemptions
+            && self.prices == o.prices
+            && self.budget_wakeup == o.budget_wakeup
+            && self.stats == o.stats
+            && self.basis == o.basis
+            && self.learned_failures == o.learned_failures
+    }
+}
+
+impl Plan {
+    /// The state generation the plan was made from.
+    pub fn basis(&self) -> u64 {
+        self.basis
+    }
+
+    /// True if the plan still carries its tentative changes (it was not
+    /// serialized in between).
+    pub fn has_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    pub(crate) fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_deref()
+    }
+
+    pub(crate) fn learned_failures(&self) -> &[(ShapeKey, Arc<PendingReasons>)] {
+        &self.learned_failures
+    }
+}
+
+/// Where a team's walk through its jobs stands within a round.
+#[derive(Default)]
+struct TeamCursor {
+    /// Jobs ranked at or before this are done for the round.
+    done_through: Option<JobRank>,
+    current: Option<JobCursor>,
+}
+
+struct JobCursor {
+    rank: JobRank,
+    last_index: Option<u32>,
+    n_placed: u32,
+}
+
+/// Scratch state of a round being planned.
+pub(crate) struct Planner<'a> {
+    state: &'a State,
+    pipeline: &'a Pipeline,
+    now: Timestamp,
+    overlay: Overlay,
+    assignments: Vec<Assignment>,
+    unplaced: Vec<Unplaced>,
+    stats: RoundStats,
+    /// Failed shapes learned this round, and the order they were learned in
+    /// (a gang rollback forgets the ones learned while its members were charged).
+    learned: FxMap<ShapeKey, Arc<PendingReasons>>,
+    learned_order: Vec<ShapeKey>,
+}
+
+impl<'a> Planner<'a> {
+    pub(crate) fn new(state: &'a State, pipeline: &'a Pipeline, now: Timestamp) -> Self {
+        Planner {
+            state,
+            pipeline,
+            now,
+            overlay: Overlay::default(),
+            assignments: Vec::new(),
+            unplaced: Vec::new(),
+            stats: RoundStats::default(),
+            learned: FxMap::default(),
+            learned_order: Vec::new(),
+        }
+    }
+
+    fn view(&self) -> View<'_> {
+        View::new(self.state, &self.overlay)
+    }
+
+    /// Plans reclaim, every tier's placements, room for critical tasks and prices.
+    pub(crate) fn run(mut self, round: u64) -> Plan {
+        let now = self.now;
+        let state = self.state;
+        // 1. Market reclaim: leases over supply give hosts back. Reclaimed
+        //    hosts take no new flex work this round.
+        let mut victims = RoundVictims::default();
+        let mut preemptions = Vec::new();
+        for pool in 0..state.market.pools.len() {
+            let view = self.view();
+            preemptions.extend(plan_reclaim(
+                &view,
+                now,
+                PoolIdx::from_usize(pool),
+                &mut victims,
+            ));
+        }
+        for p in &preemptions {
+            let h = state.hosts.idx(&p.host).expect("victim host exists");
+            self.overlay.mark_reclaiming(state, h);
+        }
+        // 2. Placement, critical tier first.
+        for tier in Tier::ALL {
+            self.plan_tier(tier);
+        }
+        // 3. Critical tasks that only lack room: preempt flex work for them.
+        for u in &self.unplaced {
+            let job = &state.jobs[&u.job];
+            if job.spec.tier == Tier::Critical && u.reasons.resolvable_by_preemption() {
+                let view = View::new(state, &self.overlay);
+                preemptions.extend(plan_critical(
+                    &view,
+                    self.pipeline,
+                    now,
+                    u.job,
+                    u.n_tasks,
+                    job.spec.gang,
+                    &mut victims,
+                ));
+            }
+        }
+        // 4. Prices, from the bids that lost for lack of supply.
+        let lost_for_supply = self
+            .unplaced
+            .iter()
+            .filter(|u| {
+                u.reasons
+                    .counts
+                    .iter()
+                    .any(|c| c.reason == Reason::PoolSupply)
+            })
+            .map(|u| u.job);
+        let prices = clearing_prices(&self.view(), lost_for_supply);
+        self.stats.n_preempted = preemptions.len() as u32;
+        let learned_failures = self
+            .learned_order
+            .iter()
+            .map(|k| (k.clone(), self.learned[k].clone()))
+            .collect();
+        Plan {
+            round,
+            now,
+            assignments: self.assignments,
+            unplaced: self.unplaced,
+            preemptions,
+            prices,
+            budget_wakeup: victims.budget_wakeup,
+            stats: self.stats,
+            basis: state.generation,
+            learned_failures,
+            overlay: Some(Arc::new(self.overlay)),
+        }
+    }
+
+    fn team_rank(&self, team: TeamIdx, tier: Tier) -> TeamRank {
+        let t = &self.state.teams[team.get()];
+        let used = self.view().team_allocated(team, tier);
+        // Below guarantee: under it in the dimension it is most used in.
+        let at_or_above_guarantee = t
+            .config
+            .guarantee
+            .get(&tier)
+            .is_none_or(|g| used.dominant_share_ppm(g) >= 1_000_000);
+        let share = used.dominant_share_ppm(&self.state.active_capacity);
+        TeamRank {
+            at_or_above_guarantee,
+            weighted_share: share.saturating_mul(1000) / u64::from(t.config.weight.max(1)),
+            name: t.id.clone(),
+        }
+    }
+
+    fn plan_tier(&mut self, tier: Tier) {
+        let teams: Vec<TeamIdx> = self.state.queue.teams(tier).collect();
+        let mut order = TeamOrder::default();
+        let mut cursors: FxMap<TeamIdx, TeamCursor> = FxMap::default();
+        for team in teams {
+            order.push(team, Reverse(self.team_rank(team, tier)));
+            cursors.insert(team, TeamCursor::default());
+        }
+        while let Some((team, _)) = order.pop() {
+            let cursor = cursors
+                .get_mut(&team)
+                .expect("every queued team has a cursor");
+            let Some((rank, index)) = next_task(self.state, tier, team, cursor) else {
+                continue; // the team has nothing left this round
+            };
+            let job_id = rank.job;
+            let job = &self.state.jobs[&job_id];
+            let is_new_job = cursor
+                .current
+                .as_ref()
+                .is_some_and(|c| c.last_index.is_none());
+            if is_new_job {
+                self.stats.n_jobs_considered += 1;
+            }
+            let n_left = job.ready.len() as u32 - cursor.current.as_ref().map_or(0, |c| c.n_placed);
+            // A gang is checked against the cap as a whole: it is placed all at once.
+            let asking = if job.spec.gang {
+                job.spec
+                    .request
+                    .checked_mul(u64::from(n_left))
+                    .expect("a validated gang's total fits")
+            } else {
+                job.spec.request.clone()
+            };
+            let t = &self.state.teams[team.get()];
+            let over_cap = t.config.cap.get(&tier).is_some_and(|cap| {
+                cap.excess_after_adding(self.view().team_allocated(team, tier), &asking)
+                    .is_some()
+            });
+            if over_cap {
+                self.give_up(
+                    job_id,
+                    n_left,
+                    Arc::new(PendingReasons::task_level(Reason::TeamCapReached)),
+                );
+                finish_job(cursor);
+            } else if job.spec.gang {
+                self.place_gang(job_id);
+                finish_job(cursor);
+            } else {
+                match self.place_one(TaskId::new(job_id, index)) {
+                    Ok(()) => {
+                        let c = cursor.current.as_mut().expect("cursor is on this job");
+                        c.last_index = Some(index);
+                        c.n_placed += 1;
+                    }
+                    Err(reasons) => {
+                        self.give_up(job_id, n_left, reasons);
+                        finish_job(cursor);
+                    }
+                }
+            }
+            order.push(team, Reverse(self.team_rank(team, tier)));
+        }
+    }
+
+    fn give_up(&mut self, job: JobId, n_tasks: u32, reasons: Arc<PendingReasons>) {
+        self.stats.n_unplaced += n_tasks;
+        self.unplaced.push(Unplaced {
+            job,
+            n_tasks,
+            reasons,
+        });
+    }
+
+    /// Searches a host for one task and charges it tentatively.
+    fn place_one(&mut self, task: TaskId) -> Result<(), Arc<PendingReasons>> {
+        let state = self.state;
+        let job = &state.jobs[&task.job];
+        let shape = ShapeKey::of(job);
+        if let Some(shape) = &shape {
+            let cached = self
+                .learned
+                .get(shape)
+                .or_else(|| state.failed_shapes.get(shape));
+            if let Some(reasons) = cached {
+                self.stats.n_shape_cache_hits += 1;
+                return Err(reasons.clone());
+            }
+        }
+        let outcome = self.pipeline.search(&self.view(), job);
+        match outcome {
+            SearchOutcome::Found {
+                host_idx,
+                score,
+                n_examined,
+            } => {
+                self.stats.n_hosts_examined += u64::from(n_examined);
+                self.stats.n_placed += 1;
+                let host = state.hosts[host_idx].spec.id.clone();
+                self.overlay.charge(state, task, host_idx, true);
+                let attempt = job.tasks[task.index as usize].attempt + 1;
+                self.assignments.push(Assignment {
+                    run: task.run(attempt),
+                    host,
+                    score,
+                });
+                Ok(())
+            }
+            SearchOutcome::NotFound {
+                reasons,
+                n_examined,
+            } => {
+                self.stats.n_hosts_examined += u64::from(n_examined);
+                let reasons = Arc::new(reasons);
+                if let Some(shape) = shape
+                    && !self.learned.contains_key(&shape)
+                {
+                    self.learned.insert(shape.clone(), reasons.clone());
+                    self.learned_order.push(shape);
+                }
+                Err(reasons)
+            }
+        }
+    }
+
+    /// Places every ready task of a gang job, or none of them.
+    fn place_gang(&mut self, job_id: JobId) {
+        let job = &self.state.jobs[&job_id];
+        let ready: Vec<u32> = job.ready.iter().copied().collect();
+        let n_needed = ready.len() as u32;
+        let mark = self.overlay.checkpoint();
+        let n_assigned = self.assignments.len();
+        let n_learned = self.learned_order.len();
+        let placed_before = self.stats.n_placed;
+        for index in ready {
+            if let Err(reasons) = self.place_one(TaskId::new(job_id, index)) {
+                let n_placed = (self.assignments.len() - n_assigned) as u32;
+                self.overlay.rollback(self.state, mark);
+                self.assignments.truncate(n_assigned);
+                self.stats.n_placed = placed_before;
+                // Failures learned while the gang's own members were charged
+                // no longer hold once they are rolled back.
+                for k in self.learned_order.drain(n_learned..) {
+                    self.learned.remove(&k);
+                }
+                let mut counts = vec![(Reason::GangIncomplete { n_placed, n_needed }, 0)];
+                counts.extend(reasons.counts.iter().map(|c| (c.reason.clone(), c.n_hosts)));
+                self.give_up(
+                    job_id,
+                    n_needed,
+                    Arc::new(PendingReasons::from_counts(counts)),
+                );
+                return;
+            }
+        }
+        self.overlay.keep(mark);
+    }
+}
+
+fn finish_job(cursor: &mut TeamCursor) {
+    if let Some(c) = cursor.current.take() {
+        cursor.done_through = Some(c.rank);
+    }
+}
+
+/// The team's next (job, ready task index) this round, advancing past jobs
+/// whose ready tasks were all tried.
+fn next_task(
+    state: &State,
+    tier: Tier,
+    team: TeamIdx,
+    cursor: &mut TeamCursor,
+) -> Option<(JobRank, u32)> {
+    loop {
+        if cursor.current.is_none() {
+            let rank = state
+                .queue
+                .next_job(tier, team, cursor.done_through.as_ref())?;
+            cursor.current = Some(JobCursor {
+                rank,
+                last_index: None,
+                n_placed: 0,
+            });
+        }
+        let c = cursor.current.as_ref().expect("set above");
+        let job = &state.jobs[&c.rank.job];
+        let next = match c.last_index {
+            None => job.ready.first().copied(),
+            Some(last) => job.ready.range(last + 1..).next().copied(),
+        };
+        match next {
+            Some(index) => return Some((c.rank, index)),
+            None => finish_job(cursor),
+        }
+    }
+}
