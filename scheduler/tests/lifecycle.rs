@@ -144,3 +144,36 @@ fn bad_input_names_the_field_and_changes_nothing() {
     ));
     assert!(s.job_ids().is_empty());
 }
+
+#[test]
+fn a_lost_run_requeues_without_using_a_retry_and_stale_reports_change_nothing() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    s.handle_host_added(t(0), host("h1", "a", 4, 16)).unwrap();
+    s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 1, 1000, 1024))
+        .unwrap();
+    round(&mut s, t(0));
+    let first = run(&s, task(1, 0));
+    assert_eq!(first.attempt, 1);
+    s.handle_task_lost(t(5), first).unwrap();
+    let v = s.task(task(1, 0)).unwrap();
+    assert_eq!((v.state, v.n_failures), (TaskState::Pending, 0));
+    round(&mut s, t(6));
+    let second = run(&s, task(1, 0));
+    assert_eq!(second.attempt, 2);
+    // A late report from the first run is refused and changes nothing.
+    let before = serde_json::to_string(&s.snapshot()).unwrap();
+    for report in [
+        s.handle_task_finished(t(7), first),
+        s.handle_task_started(t(7), first),
+        s.handle_task_failed(t(7), first),
+        s.handle_task_lost(t(7), first),
+    ] {
+        assert!(
+            matches!(report, Err(InputError::StaleRun { .. })),
+            "{report:?}"
+        );
+    }
+    assert_eq!(serde_json::to_string(&s.snapshot()).unwrap(), before);
+    s.handle_task_finished(t(8), second).unwrap();
+    assert_eq!(s.task(task(1, 0)).unwrap().state, TaskState::Completed);
+}

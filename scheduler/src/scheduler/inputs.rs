@@ -390,6 +390,26 @@ impl Scheduler {
         })
     }
 
+    /// The executor no longer has the run (it never started it, or lost it
+    /// across a restart, or reconciliation found no container for it). The
+    /// task returns to the queue like a task of a lost host: no retry is used
+    /// up; a run being killed ends killed, one being preempted counts as
+    /// preempted.
+    pub fn handle_task_lost(&mut self, now: Timestamp, run: RunId) -> Result<(), InputError> {
+        self.input(now, |s| {
+            let phase = s.current_phase(run, "lost")?;
+            let task = run.task;
+            match phase {
+                Phase::Stopping { .. } => s.stopped(task, now),
+                _ => {
+                    s.release(task, now);
+                    s.requeue(task, now);
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn stopped(&mut self, task: TaskId, now: Timestamp) {
         let Phase::Stopping {
             host,
