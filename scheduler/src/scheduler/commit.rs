@@ -334,8 +334,16 @@ impl Scheduler {
                             n_placed,
                             n_needed: run.len() as u32,
                         };
+                        // Members that no longer wait (ended, killed) are not
+                        // refused: they are simply no longer part of the plan.
                         for a in run {
-                            report.rejected.push((a.run.task, gang.clone()));
+                            let waits = self
+                                .state
+                                .job(a.run.task.job)
+                                .is_some_and(|j| j.ready.contains(&a.run.task.index));
+                            if waits {
+                                report.rejected.push((a.run.task, gang.clone()));
+                            }
                         }
                         let mut counts = vec![(gang, 0)];
                         counts.extend(reason.map(|r| (r, 1)));
