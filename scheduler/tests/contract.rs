@@ -508,7 +508,7 @@ impl World {
             .map(|v| v.id.job)
             .collect();
         let fresh = plan.basis() == self.s.generation() && plan.has_overlay();
-        let twin = (fresh && self.now % 2 == 0).then(|| {
+        let twin = (fresh && self.now.is_multiple_of(2)).then(|| {
             // The same plan through serde on an identical copy: must commit the same.
             let copy = Scheduler::restore(self.s.snapshot()).unwrap();
             let json = serde_json::to_string(&plan).unwrap();
