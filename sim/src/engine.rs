@@ -34,6 +34,12 @@ use crate::metrics::{FleetSample, JobRow, Metrics, PoolSample, Summary};
 use crate::scenario::Scenario;
 use crate::workload::{self, SimJob};
 
+/// How long after a job finishes the core forgets it: an hour of simulated
+/// time is long past any late executor report the simulator can produce
+/// (they arrive within a launch latency or a grace period), and short
+/// enough that a week-long run keeps few finished jobs in the core.
+const FORGET_AFTER_MS: u64 = 3_600_000;
+
 /// How to run a scenario.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -224,6 +230,8 @@ struct Sim<'a> {
     /// The bar is this run's own (not a sweep's), so the run clears it.
     own_bar: bool,
     n_events: u64,
+    /// Jobs already checked against the core and forgotten by it.
+    forgotten: Vec<bool>,
 }
 
 impl<'a> Sim<'a> {
@@ -234,6 +242,7 @@ impl<'a> Sim<'a> {
         jobs: Vec<SimJob>,
         demand: Vec<DemandSeries>,
     ) -> Result<Self> {
+        let n_jobs = jobs.len();
         let mut job_base = Vec::with_capacity(jobs.len());
         let mut tasks = Vec::new();
         for j in &jobs {
@@ -301,6 +310,7 @@ impl<'a> Sim<'a> {
             progress_h: 0,
             own_bar: !matches!(opts.progress, Progress::Shared(_)),
             n_events: 0,
+            forgotten: vec![false; n_jobs],
         })
     }
 
@@ -877,7 +887,29 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// Checks finished jobs against the executors' books, then has the core
+    /// forget them, so the core's memory stays flat over long runs while the
+    /// simulator keeps its own per-job rows.
+    fn forget_finished(&mut self) {
+        let cutoff = Timestamp::from_millis(self.now.saturating_sub(FORGET_AFTER_MS));
+        let due = self.core.jobs_finished_before(cutoff);
+        if due.is_empty() {
+            return;
+        }
+        self.metrics.exec_runs_per_job = self.exec.runs_per_job();
+        for job in due {
+            let j = job.0 as usize;
+            let counts = self.core.job_counts(job);
+            self.metrics.check_job(j, &self.jobs[j], counts, true);
+            self.forgotten[j] = true;
+        }
+        self.core
+            .handle_forget_finished(self.ts(), cutoff)
+            .expect("the simulated clock never goes backwards");
+    }
+
     fn sample(&mut self) {
+        self.forget_finished();
         let errors = self
             .exec
             .check_against_core(self.now, &self.core, self.market.ids());
@@ -904,6 +936,9 @@ impl<'a> Sim<'a> {
         self.metrics.exec_runs_per_job = self.exec.runs_per_job();
         // Conservation: the core and the simulated executors agree on every job.
         for (j, job) in self.jobs.iter().enumerate() {
+            if self.forgotten[j] {
+                continue; // checked when the core forgot it
+            }
             let c = self.core.job_counts(JobId(j as u64));
             self.metrics.check_job(j, job, c, job.submit_ms <= self.now);
         }

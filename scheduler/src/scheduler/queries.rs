@@ -208,6 +208,16 @@ impl Scheduler {
         Some(Page { items, next })
     }
 
+    /// Jobs that finished before `before`, oldest first: what
+    /// [`Scheduler::handle_forget_finished`] with that cutoff would forget.
+    pub fn jobs_finished_before(&self, before: Timestamp) -> Vec<JobId> {
+        self.state
+            .finished
+            .range(..(before, JobId(0)))
+            .map(|(_, j)| *j)
+            .collect()
+    }
+
     /// Ids of all known jobs, in id order.
     pub fn job_ids(&self) -> Vec<JobId> {
         self.state.job_order.iter().copied().collect()
