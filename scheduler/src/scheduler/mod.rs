@@ -193,6 +193,64 @@ pub struct TaskView {
 ///   after inputs and commits.
 /// - **Persistence**: [`Scheduler::snapshot`] and [`Scheduler::restore`]
 ///   give a core indistinguishable from the original.
+///
+/// # Example
+/// ```
+/// use ebb_scheduler::*;
+///
+/// # fn main() -> Result<(), InputError> {
+/// let mut s = Scheduler::new(SchedulerConfig::default());
+/// let now = Timestamp::from_millis(0);
+/// s.handle_host_added(now, HostSpec {
+///     id: HostId::from("h1"),
+///     pool: PoolId::from("pool-a"),
+///     instance_type: "m5.2xlarge".into(),
+///     zone: "us-east-1a".into(),
+///     region: "us-east-1".into(),
+///     attributes: Default::default(),
+///     capacity: Resources::cpu_mem(8_000, 32 * 1024),
+///     gpu_model: None,
+/// })?;
+/// let job = s.handle_job_submitted(now, JobSpec {
+///     id: JobId(1),
+///     request_key: Some("encode-ep1".into()),
+///     name: "encode".into(),
+///     team: TeamId::from("encoding"),
+///     tier: Tier::Flex,
+///     priority: 0,
+///     bid: None,
+///     request: Resources::cpu_mem(2_000, 4 * 1024),
+///     n_tasks: 3,
+///     hard_constraints: vec![],
+///     soft_constraints: vec![],
+///     gang: false,
+///     retry: RetryPolicy::default(),
+///     disruption_budget: None,
+///     checkpoint_interval: None,
+///     expected_runtime: None,
+/// })?;
+/// s.handle_tick(now)?;
+/// let plan = s.plan_round(now)?; // changes nothing
+/// let json = serde_json::to_string(&plan).unwrap(); // a shell persists it here
+/// let plan: Plan = serde_json::from_str(&json).unwrap();
+/// let report = s.commit(now, plan)?; // re-validated: the plan went through serde
+/// assert_eq!(report.n_applied, 3);
+/// let mut runs = Vec::new();
+/// while let Some(action) = s.poll_action() {
+///     if let Action::Launch { run, .. } = action {
+///         runs.push(run);
+///     }
+/// }
+/// let later = Timestamp::from_millis(1_000);
+/// s.handle_task_started(later, runs[0])?;
+/// s.handle_task_finished(later, runs[0])?;
+/// // A second report for the same run is refused and changes nothing.
+/// assert!(s.handle_task_finished(later, runs[0]).is_err());
+/// let copy = Scheduler::restore(s.snapshot())?;
+/// assert_eq!(copy.job_counts(job), s.job_counts(job));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     state: State,
