@@ -177,3 +177,123 @@ fn a_lost_run_requeues_without_using_a_retry_and_stale_reports_change_nothing() 
     s.handle_task_finished(t(8), second).unwrap();
     assert_eq!(s.task(task(1, 0)).unwrap().state, TaskState::Completed);
 }
+
+#[test]
+fn a_request_key_makes_a_resubmission_return_the_same_job() {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    let mut first = job(1, "enc", Tier::Flex, 2, 1000, 1024);
+    first.request_key = Some("ep1-chunks".into());
+    assert_eq!(
+        s.handle_job_submitted(t(0), first.clone()).unwrap(),
+        JobId(1)
+    );
+    // A retried create with a fresh id and the same spec: the same job.
+    let mut retry = first.clone();
+    retry.id = JobId(2);
+    assert_eq!(s.handle_job_submitted(t(1), retry).unwrap(), JobId(1));
+    assert_eq!(s.job_ids(), vec![JobId(1)]);
+    // The same key with another spec is refused, naming the key.
+    let mut other = first.clone();
+    other.id = JobId(3);
+    other.n_tasks = 5;
+    let err = s.handle_job_submitted(t(2), other).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "request key `ep1-chunks` of team enc was used for job job-1 with a different spec"
+    );
+    // Another team may use the same key.
+    let mut theirs = first.clone();
+    theirs.id = JobId(4);
+    theirs.team = TeamId::from("ml");
+    assert_eq!(s.handle_job_submitted(t(3), theirs).unwrap(), JobId(4));
+    // Once the job is forgotten, the key is free again.
+    s.handle_job_killed(t(4), JobId(1)).unwrap();
+    assert_eq!(
+        s.handle_forget_finished(t(5), t(5)).unwrap(),
+        vec![JobId(1)]
+    );
+    assert_eq!(
+        s.job_by_request_key(&TeamId::from("enc"), "ep1-chunks"),
+        None
+    );
+    let mut again = first;
+    again.id = JobId(6);
+    assert_eq!(s.handle_job_submitted(t(6), again).unwrap(), JobId(6));
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_field() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut SchedulerConfig)>, &str)> = vec![
+        (
+            "NaN scorer weight",
+            Box::new(|c| c.flex.scorers = vec![(ScorerKind::CpuBinPack, f64::NAN)]),
+            "flex.scorers",
+        ),
+        (
+            "negative scorer weight",
+            Box::new(|c| c.critical.scorers = vec![(ScorerKind::Spread, -1.0)]),
+            "critical.scorers",
+        ),
+        (
+            "all weights zero",
+            Box::new(|c| c.flex.scorers = vec![(ScorerKind::Spread, 0.0)]),
+            "flex.scorers",
+        ),
+        (
+            "no scorer",
+            Box::new(|c| c.flex.scorers.clear()),
+            "flex.scorers",
+        ),
+        (
+            "good_enough above 1",
+            Box::new(|c| c.flex.good_enough = 1.5),
+            "flex.good_enough",
+        ),
+        (
+            "good_enough NaN",
+            Box::new(|c| c.critical.good_enough = f64::NAN),
+            "critical.good_enough",
+        ),
+        (
+            "max_hosts_scored zero",
+            Box::new(|c| c.flex.max_hosts_scored = Some(0)),
+            "flex.max_hosts_scored",
+        ),
+        (
+            "team weight zero",
+            Box::new(|c| {
+                c.teams.insert(
+                    TeamId::from("ml"),
+                    TeamConfig {
+                        weight: 0,
+                        ..TeamConfig::default()
+                    },
+                );
+            }),
+            "teams.weight",
+        ),
+        (
+            "an hour and a bit of grace",
+            Box::new(|c| c.market.preempt_grace = DurationMs::from_mins(61)),
+            "market.preempt_grace",
+        ),
+        (
+            "unknown reference type",
+            Box::new(|c| c.market.reference_instance_type = "z9.huge".into()),
+            "reference_instance_type",
+        ),
+    ];
+    for (name, edit, field) in cases {
+        let mut c = SchedulerConfig::default();
+        edit(&mut c);
+        match Scheduler::try_new(c) {
+            Err(InputError::InvalidField { field: f, .. }) => assert_eq!(f, field, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // A floor price cannot even be written as NaN or negative.
+    assert_eq!(Price::new(f64::NAN), None);
+    assert_eq!(Price::new(-1.0), None);
+    let bad: Result<SchedulerConfig, _> = toml::from_str("[market]\nfloor_price = -1.0");
+    assert!(bad.unwrap_err().to_string().contains("non-negative"));
+}

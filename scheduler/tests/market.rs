@@ -525,3 +525,92 @@ fn clearing_price_table() {
         assert_eq!(got, Price::new(want).unwrap(), "{name}");
     }
 }
+
+#[test]
+fn a_zero_budget_allows_no_ordinary_preemption_and_poll_timeout_names_the_window() {
+    let mut s = market(SchedulerConfig::default());
+    let mut a = whole_host_job(1, "enc", 2, 1.0);
+    a.disruption_budget = Some(DisruptionBudget {
+        limit: BudgetLimit::MaxPercent(0),
+        window: DurationMs::from_mins(60),
+    });
+    let mut b = whole_host_job(2, "enc", 2, 1.0);
+    b.disruption_budget = Some(DisruptionBudget {
+        limit: BudgetLimit::MaxTasks(1),
+        window: DurationMs::from_mins(30),
+    });
+    s.handle_job_submitted(t(0), a).unwrap();
+    s.handle_job_submitted(t(0), b).unwrap();
+    round(&mut s, t(1));
+    // Supply falls to 10 − 7 − 0.7 = 2.3 IE: two of the four hosts must go.
+    s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_whole(7))
+        .unwrap();
+    let plan = round(&mut s, t(HOUR));
+    let victims: Vec<u64> = plan.preemptions.iter().map(|p| p.run.task.job.0).collect();
+    assert_eq!(
+        victims,
+        vec![2],
+        "0% allows none; job 2's budget allows one"
+    );
+    // Job 2's budget gains room when its preemption leaves the 30-minute window.
+    let wakeup = t(HOUR + 30 * 60_000);
+    assert_eq!(plan.budget_wakeup, Some(wakeup));
+    assert_eq!(s.poll_timeout(), Some(wakeup));
+    for a in drain(&mut s) {
+        if let Action::Stop { run, .. } = a {
+            s.handle_task_stopped(t(HOUR + 10), run).unwrap();
+        }
+    }
+    assert!(
+        round(&mut s, t(HOUR + 30 * 60_000 - 1))
+            .preemptions
+            .is_empty()
+    );
+    let plan = round(&mut s, wakeup);
+    assert_eq!(
+        plan.preemptions
+            .iter()
+            .map(|p| p.run.task.job.0)
+            .collect::<Vec<_>>(),
+        vec![2],
+        "the window passed: one more"
+    );
+}
+
+#[test]
+fn a_critical_gang_that_cannot_fit_whole_preempts_nothing() {
+    let mut s = market(SchedulerConfig::default());
+    s.handle_job_submitted(t(0), whole_host_job(1, "enc", 4, 1.0))
+        .unwrap();
+    round(&mut s, t(1));
+    // A critical gang of 7 whole hosts: the fleet has 6. Preempting all the
+    // flex work would still leave it unplaced, so nothing may be preempted,
+    // round after round.
+    let mut gang = job(2, "streaming", Tier::Critical, 7, 64_000, 1024);
+    gang.gang = true;
+    s.handle_job_submitted(t(2), gang).unwrap();
+    for i in 0..3 {
+        let plan = round(&mut s, t(3 + i));
+        assert!(
+            plan.preemptions.is_empty(),
+            "round {i}: {:?}",
+            plan.preemptions
+        );
+        let reasons = &plan
+            .unplaced
+            .iter()
+            .find(|u| u.job == JobId(2))
+            .unwrap()
+            .reasons;
+        assert!(
+            reasons.to_string().contains("gang needs 7 tasks"),
+            "{reasons}"
+        );
+    }
+    // A gang of 3 fits once flex work makes room: its victims are chosen at once.
+    let mut small = job(3, "streaming", Tier::Critical, 3, 64_000, 1024);
+    small.gang = true;
+    s.handle_job_submitted(t(10), small).unwrap();
+    let plan = round(&mut s, t(11));
+    assert_eq!(plan.preemptions.len(), 1, "2 idle hosts + 1 preempted");
+}

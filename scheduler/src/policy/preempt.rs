@@ -157,13 +157,19 @@ fn budget_room(job: &Job, now: Timestamp, used: u32) -> Option<u32> {
 }
 
 /// When `job`'s budget next gains room: its oldest preemption in the window
-/// leaves the window.
-fn budget_frees_at(job: &Job, now: Timestamp) -> Option<Timestamp> {
+/// leaves the window — counting `planned_now` preemptions this round, which
+/// will be dated `now`. Never, for a budget that allows none.
+fn budget_frees_at(job: &Job, now: Timestamp, planned_now: u32) -> Option<Timestamp> {
     let budget = job.spec.disruption_budget.as_ref()?;
+    if budget.limit.max_tasks(job.spec.n_tasks) == 0 {
+        return None;
+    }
     let since = Timestamp::from_millis(now.as_millis().saturating_sub(budget.window.as_millis()));
     job.preempted_at
         .iter()
         .find(|t| **t > since)
+        .copied()
+        .or((planned_now > 0).then_some(now))
         .map(|t| t.saturating_add(budget.window))
 }
 
@@ -217,7 +223,8 @@ impl RoundVictims {
     /// Records when the budgets that block `set` next gain room.
     fn note_blocked(&mut self, view: &View<'_>, set: &VictimSet, now: Timestamp) {
         for t in &set.tasks {
-            if let Some(at) = budget_frees_at(&view.state.jobs[&t.job], now) {
+            let planned = self.per_job.get(&t.job).copied().unwrap_or(0);
+            if let Some(at) = budget_frees_at(&view.state.jobs[&t.job], now, planned) {
                 self.budget_wakeup = Some(self.budget_wakeup.map_or(at, |w| w.min(at)));
             }
         }

@@ -202,6 +202,17 @@ mod tests {
         );
         assert!(r.resolvable_by_preemption());
         assert_eq!(r.unresolvable().count(), 1);
+        // An incomplete gang is resolvable only through its blocking
+        // member's reasons: a unique-host block is not, a cpu shortfall is.
+        let gang = Reason::GangIncomplete {
+            n_placed: 1,
+            n_needed: 2,
+        };
+        let blocked = PendingReasons::from_counts(vec![(gang.clone(), 0), (Reason::UniqueHost, 4)]);
+        assert!(!blocked.resolvable_by_preemption());
+        let short =
+            PendingReasons::from_counts(vec![(gang, 0), (Reason::Insufficient(Dim::Cpu), 4)]);
+        assert!(short.resolvable_by_preemption());
         let cap = PendingReasons::task_level(Reason::TeamCapReached);
         assert_eq!(cap.to_string(), "team cap reached");
         assert!(!cap.resolvable_by_preemption());
