@@ -223,7 +223,8 @@ fn a_request_key_makes_a_resubmission_return_the_same_job() {
 
 #[test]
 fn bad_configuration_is_refused_naming_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut SchedulerConfig)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut SchedulerConfig)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "NaN scorer weight",
             Box::new(|c| c.flex.scorers = vec![(ScorerKind::CpuBinPack, f64::NAN)]),
