@@ -365,15 +365,17 @@ impl Runtime for DockerRuntime {
         let mut n_lines: u64 = 0;
         while let Some(item) = stream.next().await {
             let chunk = item.map_err(|err| engine_error("logs", container, err))?;
-            raw.extend_from_slice(chunk.as_ref());
-            n_lines += 1;
+            let bytes = chunk.as_ref();
+            n_lines += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            raw.extend_from_slice(bytes);
             // Keep memory bounded on a huge line: twice the cap leaves room to
             // cut at a line start.
             if raw.len() > max_bytes.saturating_mul(2) {
                 raw.drain(..raw.len() - max_bytes);
             }
         }
-        // Exactly `max_lines` lines back means there may have been more.
+        // `max_lines` lines back means there may have been more: the engine
+        // does not say, so the tail errs on the side of "truncated".
         let truncated = n_lines >= u64::from(max_lines);
         Ok(LogTail::from_raw(&raw, max_bytes, truncated))
     }
