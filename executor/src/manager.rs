@@ -40,6 +40,16 @@ use crate::runtime::{
 /// before asking again: long enough not to spin on a sick engine, short
 /// enough that an exit is noticed promptly once it recovers.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
+/// Docker handles the kernel's OOM event and the container's exit event
+/// separately (engine 20.10), so right after an exit `OOMKilled` can still
+/// read false. An exit by SIGKILL that the executor did not send is
+/// re-inspected for this long before it is called a plain failure: the OOM
+/// event lands within milliseconds on a healthy engine but was seen to miss
+/// a 1 s wait on this loaded 2-core machine, and the pause costs only runs
+/// that died by an outside SIGKILL.
+const OOM_SETTLE: Duration = Duration::from_secs(3);
+/// Exit code of a process killed by SIGKILL (128 + 9).
+const EXIT_SIGKILL: i64 = 137;
 
 /// Errors that end the run manager.
 #[derive(Debug, thiserror::Error)]
@@ -997,7 +1007,7 @@ impl<R: Runtime> RunTask<R> {
             }
             Err(err) => return self.lost(&container, format!("cannot read its exit: {err}")),
         };
-        let (exit_code, oom_killed) = match info.state {
+        let (exit_code, mut oom_killed) = match info.state {
             ContainerState::Exited {
                 exit_code,
                 oom_killed,
@@ -1012,12 +1022,37 @@ impl<R: Runtime> RunTask<R> {
         if intent == Intent::Discard {
             return self.removed(&container).await;
         }
+        if intent == Intent::Natural && exit_code == EXIT_SIGKILL && !oom_killed {
+            oom_killed = self.settle_oom(&container).await;
+        }
         self.capture_tail(&container).await;
         let kind = classify(intent, exit_code, oom_killed, sigkilled);
         let message = self.describe(&kind);
         self.event(kind, message, None);
         let retention = self.shared.config.retention();
         self.retain(container, retention).await;
+    }
+
+    /// Re-inspects for up to `OOM_SETTLE` whether the engine marks the exit
+    /// as an OOM kill.
+    async fn settle_oom(&self, container: &str) -> bool {
+        /// Between two inspections.
+        const STEP: Duration = Duration::from_millis(50);
+        let deadline = Instant::now() + OOM_SETTLE;
+        while Instant::now() < deadline {
+            tokio::time::sleep(STEP).await;
+            if let Ok(ContainerInfo {
+                state:
+                    ContainerState::Exited {
+                        oom_killed: true, ..
+                    },
+                ..
+            }) = self.shared.runtime.inspect(container).await
+            {
+                return true;
+            }
+        }
+        false
     }
 
     async fn capture_tail(&mut self, container: &str) {
@@ -1045,13 +1080,18 @@ impl<R: Runtime> RunTask<R> {
     async fn retain(mut self, container: String, retention: Duration) {
         let sleep = tokio::time::sleep(retention);
         tokio::pin!(sleep);
+        let mut control_open = true;
         loop {
             tokio::select! {
                 () = &mut sleep => break,
-                control = self.control.recv() => match control {
-                    Some(Control::Discard { .. }) | None => break,
+                control = self.control.recv(), if control_open => match control {
+                    Some(Control::Discard { .. }) => break,
                     // Already stopped; the manager answers stops itself.
                     Some(Control::Stop { .. }) => {}
+                    // The manager is shutting down and this task is about to
+                    // be aborted: the container stays for the next manager,
+                    // which finds it exited and keeps its retention.
+                    None => control_open = false,
                 },
             }
         }

@@ -202,6 +202,29 @@ impl Executor {
         }
     }
 
+    /// Waits until the run's output contains `needle`. A stop sent before
+    /// the workload installed its SIGTERM handler would be lost (PID 1
+    /// ignores signals it has no handler for), so stop tests wait for the
+    /// workload's `started` line, which it prints after installing it.
+    async fn wait_for_output(&mut self, run: RunId, needle: &str) {
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        loop {
+            let reply = self.logs(run).await;
+            if reply
+                .result
+                .as_ref()
+                .is_ok_and(|tail| tail.text.contains(needle))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared: {reply:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn logs(&mut self, run: RunId) -> LogsReply {
         self.send(Command::FetchLogs { request_id: 7, run }).await;
         match self.next().await {
@@ -302,12 +325,17 @@ async fn memory_hog_is_reported_as_oom() {
     };
     let container = ex.launch_running(run(1), spec).await;
     let done = ex.next_event().await;
-    assert_eq!(
-        done.kind,
-        RunEventKind::Oom { exit_code: 137 },
-        "{}",
-        done.message
-    );
+    if done.kind != (RunEventKind::Oom { exit_code: 137 }) {
+        // Say whether the engine marked the OOM kill later than the
+        // executor waited for it, or never.
+        std::thread::sleep(Duration::from_secs(5));
+        panic!(
+            "expected an OOM report, got {:?} ({}); the engine's state 5 s later: {}",
+            done.kind,
+            done.message,
+            inspect(&container)["State"]
+        );
+    }
     assert!(
         done.message.contains("OOM") && done.message.contains("32 MiB"),
         "{}",
@@ -371,6 +399,7 @@ async fn graceful_stop_lets_the_workload_checkpoint_within_the_grace() {
         "300",
     ]);
     let container = ex.launch_running(run(1), spec).await;
+    ex.wait_for_output(run(1), "workload: started").await;
     ex.send(Command::Stop {
         run: run(1),
         grace_ms: 20_000,
@@ -415,6 +444,7 @@ async fn a_workload_ignoring_sigterm_is_killed_after_the_grace() {
         "ignore",
     ]);
     let container = ex.launch_running(run(1), spec).await;
+    ex.wait_for_output(run(1), "workload: started").await;
     let asked = Instant::now();
     ex.send(Command::Stop {
         run: run(1),
@@ -640,6 +670,7 @@ async fn a_restarted_executor_adopts_its_running_container_without_restarting_it
     );
 
     // And the adopted run is still managed: a stop reaches it.
+    second.wait_for_output(run(1), "workload: started").await;
     second
         .send(Command::Stop {
             run: run(1),
@@ -685,6 +716,7 @@ async fn containers_of_unknown_runs_are_stopped_and_removed() {
         .iter()
         .map(|o| (o.run, o.state.clone()))
         .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
     assert!(
         matches!(states[0], (r, ObservedState::Running { .. }) if r == run(1)),
         "{states:?}"

@@ -781,3 +781,28 @@ async fn reconciliation_adopts_running_containers_and_removes_never_started_ones
     assert_eq!(h.next_event().await.kind, RunEventKind::Removed);
     assert!(!h.fake.lock().containers.contains_key("c3"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_oom_flag_is_waited_for_and_a_plain_sigkill_is_a_failure() {
+    let (mut h, _) = start(FakeRuntime::with_image(IMAGE)).await;
+    // The engine marks the OOM kill a little after the exit.
+    h.launch_running(run(1), spec()).await;
+    let name = container_name("unit", run(1));
+    h.fake.exit(&name, 137, false);
+    let fake = Arc::clone(&h.fake);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fake.exit(&name, 137, true);
+    });
+    assert_eq!(
+        h.next_event().await.kind,
+        RunEventKind::Oom { exit_code: 137 }
+    );
+    // A SIGKILL from elsewhere, never marked as OOM, is an ordinary failure.
+    h.launch_running(run(2), spec()).await;
+    h.fake.exit(&container_name("unit", run(2)), 137, false);
+    assert_eq!(
+        h.next_event().await.kind,
+        RunEventKind::Failed { exit_code: 137 }
+    );
+}
