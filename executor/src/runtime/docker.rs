@@ -300,6 +300,9 @@ impl Runtime for DockerRuntime {
     }
 
     async fn wait_exit(&self, container: &str) -> Result<(), RuntimeError> {
+        /// Pause before asking again when a wait ended without an answer,
+        /// so a sick connection cannot turn this into a busy loop.
+        const RETRY: Duration = Duration::from_millis(200);
         loop {
             let options = WaitContainerOptionsBuilder::default()
                 .condition("not-running")
@@ -307,20 +310,22 @@ impl Runtime for DockerRuntime {
             let mut stream = self.docker.wait_container(container, Some(options));
             match stream.next().await {
                 // bollard turns a non-zero exit into an error; it is an exit all the same.
-                Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) | None => {
-                    return Ok(());
+                Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) => {}
+                Some(Err(err)) if status(&err) == Some(404) => {
+                    return Err(RuntimeError::NotFound {
+                        container: container.to_owned(),
+                    });
                 }
-                // bollard's per-request timeout covers the wait too: a long
-                // task outlives it. Still running means wait again.
-                Some(Err(BollardError::RequestTimeoutError)) => {
-                    if !matches!(
-                        self.inspect(container).await?.state,
-                        ContainerState::Running | ContainerState::Created
-                    ) {
-                        return Ok(());
-                    }
+                // bollard's per-request timeout covers the wait too, so a long
+                // task outlives it; a dropped connection ends the stream.
+                Some(Err(BollardError::RequestTimeoutError)) | None => {
+                    tokio::time::sleep(RETRY).await;
                 }
                 Some(Err(err)) => return Err(engine_error("wait", container, err)),
+            }
+            // The wait is a hint; inspect says whether it really stopped.
+            if self.inspect(container).await?.state != ContainerState::Running {
+                return Ok(());
             }
         }
     }
