@@ -448,8 +448,16 @@ impl<R: Runtime> RunManager<R> {
                 answer.message = format!("run already over: {}", answer.message);
                 send(reports, Report::Run(answer)).await
             }
-            (Phase::Stopping, _) => {
+            (Phase::Stopping, Control::Stop { .. }) => {
                 tracing::info!(%run, "stop while stopping: the first stop stands");
+                Ok(())
+            }
+            // The task reads it once the stop is done and then removes the
+            // container instead of retaining it.
+            (Phase::Stopping, Control::Discard { .. }) => {
+                if let Some(tx) = &entry.control {
+                    let _ = tx.send(control);
+                }
                 Ok(())
             }
             (Phase::Removed, Control::Discard { .. }) => {

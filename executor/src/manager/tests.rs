@@ -806,3 +806,42 @@ async fn a_late_oom_flag_is_waited_for_and_a_plain_sigkill_is_a_failure() {
         RunEventKind::Failed { exit_code: 137 }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_discard_during_a_stop_removes_the_container_once_it_stopped() {
+    let (mut h, _) = start(FakeRuntime::with_image(IMAGE)).await;
+    let ignoring = RunSpec {
+        command: vec!["ignore".into()],
+        ..spec()
+    };
+    h.launch_running(run(1), ignoring).await;
+    h.send(Command::Stop {
+        run: run(1),
+        grace_ms: 5_000,
+        cause: StopCause::Preempt,
+    })
+    .await;
+    h.send(Command::Discard {
+        run: run(1),
+        grace_ms: 0,
+    })
+    .await;
+    assert_eq!(
+        h.next_event().await.kind,
+        RunEventKind::Stopped {
+            cause: StopCause::Preempt,
+            sigkilled: true,
+            exit_code: Some(137)
+        }
+    );
+    let stopped_at = Instant::now();
+    let removed = h.next_event().await;
+    assert_eq!(removed.kind, RunEventKind::Removed);
+    // At once, not at the end of the 60 s retention.
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        stopped_at.elapsed()
+    );
+    assert!(h.fake.lock().containers.is_empty());
+}
