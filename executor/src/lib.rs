@@ -1,10 +1,30 @@
-//! The Ebb executor (`ebb-executor`): one per host. It registers the host with
-//! the control plane over a bidirectional gRPC stream (`ebb.v1.ExecutorService`),
-//! runs `LaunchTask` actions as Docker containers through bollard, turns
-//! `StopTask` into SIGTERM, a grace period, then SIGKILL, and reports task exits.
+//! The Ebb executor (`ebb-executor`): one per host. It runs the scheduler's
+//! launch and stop actions as Docker containers, with limits that match the
+//! placement, graceful stops (SIGTERM, grace, SIGKILL), runtime limits, log
+//! tails and reconciliation of the containers it finds on the host.
 //!
-//! The Docker-backed implementation is the subject of a later issue; this crate
-//! currently only fixes its place in the workspace and its wire contract, which
-//! lives in `ebb-proto`.
+//! ```text
+//!  server ── Command ──▶ manager::RunManager ──▶ runtime::Runtime (DockerRuntime, bollard)
+//!         ◀── Report ───        (one task per run)        │
+//!                                                          ▼
+//!                                                    Docker Engine
+//! ```
+//!
+//! - `model`: the commands and reports (plain types the gRPC stream maps onto).
+//! - `manager`: the state machine that owns the runs on this host.
+//! - `runtime`: the runtime trait, run ids and labels, and the Docker implementation.
+//! - `config`: configuration and host resource detection.
+//!
+//! The gRPC stream to `ebb server` (`ebb.v1.ExecutorService.Attach`, whose
+//! messages `ebb-proto` defines) plugs in on top of `RunManager`'s channels.
 
+pub mod config;
+pub mod manager;
+pub mod model;
+pub mod runtime;
+
+pub use config::{ExecutorConfig, HostResources, ResourceSlice};
 pub use ebb_proto::v1::{ExecutorMessage, SchedulerMessage};
+pub use manager::{ManagerError, RunManager};
+pub use model::{Command, Report, RunEvent, RunEventKind, RunSpec, StopCause};
+pub use runtime::{DockerRuntime, RunId, Runtime};

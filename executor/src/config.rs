@@ -1,0 +1,417 @@
+//! The executor's configuration (identity, data directory, limits defaults,
+//! log and retention knobs, the resource slice it offers) and the detection
+//! of the host's CPU and memory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest executor id: it is part of every container name, and Docker names
+/// have no hard limit, but ids longer than a DNS label (63) are a typo.
+const MAX_EXECUTOR_ID_LEN: usize = 63;
+
+/// A configuration value that is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has a value it cannot have.
+    #[error("invalid field `{field}`: {message}")]
+    Invalid {
+        /// The field's path.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The host's resources could not be read.
+    #[error("cannot detect the host's resources: {message}")]
+    Detect {
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A share of the machine offered to the scheduler, so several executors can
+/// share one machine in tests and the demo. A field left out offers the whole
+/// detected amount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSlice {
+    /// CPU to offer, in millicores.
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    /// Memory to offer, in MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+/// CPU and memory of a host (or of the slice an executor offers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostResources {
+    /// CPU in millicores (1000 per logical CPU).
+    pub cpu_millis: u64,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+impl HostResources {
+    /// The machine's logical CPUs (as this process may use them) and total
+    /// memory (`MemTotal` of `/proc/meminfo`).
+    pub fn detect() -> Result<Self, ConfigError> {
+        let n_cpus = std::thread::available_parallelism()
+            .map_err(|err| ConfigError::Detect {
+                message: format!("CPU count: {err}"),
+            })?
+            .get();
+        let meminfo =
+            std::fs::read_to_string("/proc/meminfo").map_err(|err| ConfigError::Detect {
+                message: format!("reading /proc/meminfo: {err}"),
+            })?;
+        let memory_kib = parse_mem_total_kib(&meminfo).ok_or_else(|| ConfigError::Detect {
+            message: "no `MemTotal:` line in /proc/meminfo".into(),
+        })?;
+        Ok(Self {
+            cpu_millis: n_cpus as u64 * 1000,
+            memory_mib: memory_kib / 1024,
+        })
+    }
+
+    /// The slice of `self` that `slice` asks for; more than the host has is
+    /// an error naming the field.
+    pub fn slice(self, slice: &ResourceSlice) -> Result<Self, ConfigError> {
+        let pick = |field: &'static str, want: Option<u64>, have: u64, unit: &str| match want {
+            None => Ok(have),
+            Some(0) => Err(ConfigError::Invalid {
+                field,
+                message: "must be greater than zero".into(),
+            }),
+            Some(want) if want > have => Err(ConfigError::Invalid {
+                field,
+                message: format!("{want} {unit} asked but the host has only {have} {unit}"),
+            }),
+            Some(want) => Ok(want),
+        };
+        Ok(Self {
+            cpu_millis: pick(
+                "resources.cpu_millis",
+                slice.cpu_millis,
+                self.cpu_millis,
+                "millicores",
+            )?,
+            memory_mib: pick(
+                "resources.memory_mib",
+                slice.memory_mib,
+                self.memory_mib,
+                "MiB",
+            )?,
+        })
+    }
+}
+
+/// `MemTotal` in KiB from the text of `/proc/meminfo`.
+fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") | None => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// The executor's configuration. Every field but `executor_id` has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// This executor's id: labels and names every container it creates, so
+    /// it must stay the same across restarts for adoption to work.
+    pub executor_id: String,
+    /// Where per-run scratch directories live (`<data_dir>/runs/<run>`).
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Pids limit for runs whose spec sets none. 2048 stops a fork bomb long
+    /// before it exhausts the host's pid space (32768 by default on Linux,
+    /// shared by a dozen containers), while encoders and training data
+    /// loaders, which use tens to a few hundred threads, never reach it.
+    #[serde(default = "defaults::pids_limit")]
+    pub default_pids_limit: u32,
+    /// Lines of output kept per run after it ends.
+    #[serde(default = "defaults::log_tail_lines")]
+    pub log_tail_lines: u32,
+    /// Bytes of output kept per run after it ends (the tail is cut to this).
+    #[serde(default = "defaults::log_tail_bytes")]
+    pub log_tail_bytes: usize,
+    /// Cap on the engine's log file per container, in bytes.
+    #[serde(default = "defaults::container_log_max_bytes")]
+    pub container_log_max_bytes: u64,
+    /// How long an exited container is kept before it is removed, in ms.
+    /// Longer keeps `docker logs` and the scratch directory around for
+    /// debugging; shorter frees disk sooner.
+    #[serde(default = "defaults::retention_ms")]
+    pub retention_ms: u64,
+    /// How many ended runs the executor remembers (their log tail and final
+    /// event) after their containers are removed; the oldest are forgotten.
+    #[serde(default = "defaults::max_remembered_runs")]
+    pub max_remembered_runs: usize,
+    /// How long an image pull may take before the run fails with "image not
+    /// available", in ms.
+    #[serde(default = "defaults::image_pull_timeout_ms")]
+    pub image_pull_timeout_ms: u64,
+    /// Grace between SIGTERM and SIGKILL when the executor itself stops a run
+    /// at its runtime limit, in ms.
+    #[serde(default = "defaults::runtime_limit_grace_ms")]
+    pub runtime_limit_grace_ms: u64,
+    /// The share of the machine this executor offers.
+    #[serde(default)]
+    pub resources: ResourceSlice,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub(super) fn data_dir() -> PathBuf {
+        PathBuf::from("/var/lib/ebb-executor")
+    }
+    pub(super) fn pids_limit() -> u32 {
+        2048
+    }
+    /// 1000 lines: a few screens, enough to see why a task failed.
+    pub(super) fn log_tail_lines() -> u32 {
+        1000
+    }
+    /// 64 KiB: 1000 lines of 64 bytes; bounds memory at 64 MiB for the
+    /// default 1024 remembered runs.
+    pub(super) fn log_tail_bytes() -> usize {
+        64 * 1024
+    }
+    /// 64 MiB per container: a chatty task cannot fill the disk.
+    pub(super) fn container_log_max_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    /// 10 minutes: long enough to look at a failed container, short enough
+    /// that thousands of short encoding chunks do not pile up.
+    pub(super) fn retention_ms() -> u64 {
+        10 * 60 * 1000
+    }
+    /// 1024 ended runs: a few hours of short tasks on one host.
+    pub(super) fn max_remembered_runs() -> usize {
+        1024
+    }
+    /// 60 s: a pull from a nearby registry finishes well within it; one that
+    /// has no registry to talk to fails in milliseconds anyway.
+    pub(super) fn image_pull_timeout_ms() -> u64 {
+        60_000
+    }
+    /// 10 s, Nomad's default `kill_timeout` is 5 s and Kubernetes' grace 30 s;
+    /// a task over its limit gets a short chance to checkpoint.
+    pub(super) fn runtime_limit_grace_ms() -> u64 {
+        10_000
+    }
+}
+
+impl ExecutorConfig {
+    /// A configuration with every default and this executor id.
+    pub fn new(executor_id: impl Into<String>) -> Self {
+        Self {
+            executor_id: executor_id.into(),
+            data_dir: defaults::data_dir(),
+            default_pids_limit: defaults::pids_limit(),
+            log_tail_lines: defaults::log_tail_lines(),
+            log_tail_bytes: defaults::log_tail_bytes(),
+            container_log_max_bytes: defaults::container_log_max_bytes(),
+            retention_ms: defaults::retention_ms(),
+            max_remembered_runs: defaults::max_remembered_runs(),
+            image_pull_timeout_ms: defaults::image_pull_timeout_ms(),
+            runtime_limit_grace_ms: defaults::runtime_limit_grace_ms(),
+            resources: ResourceSlice::default(),
+        }
+    }
+
+    /// Parses TOML, rejecting unknown keys, and validates.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|err| ConfigError::Invalid {
+            field: "(config file)",
+            message: err.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field, naming the first wrong one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
+        let id = &self.executor_id;
+        let id_ok = !id.is_empty()
+            && id.len() <= MAX_EXECUTOR_ID_LEN
+            && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !id_ok {
+            return invalid(
+                "executor_id",
+                "must be 1 to 63 characters of letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+            );
+        }
+        if !self.data_dir.is_absolute() {
+            return invalid(
+                "data_dir",
+                "must be an absolute path (it is mounted into containers)",
+            );
+        }
+        if self.default_pids_limit == 0 {
+            return invalid("default_pids_limit", "must be greater than zero");
+        }
+        if self.log_tail_lines == 0 {
+            return invalid("log_tail_lines", "must be greater than zero");
+        }
+        if self.log_tail_bytes == 0 {
+            return invalid("log_tail_bytes", "must be greater than zero");
+        }
+        if self.container_log_max_bytes < 1024 {
+            return invalid("container_log_max_bytes", "must be at least 1024");
+        }
+        if self.image_pull_timeout_ms == 0 {
+            return invalid("image_pull_timeout_ms", "must be greater than zero");
+        }
+        Ok(())
+    }
+
+    /// The directory holding per-run scratch directories.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
+    }
+
+    /// The resources this executor offers: the detected host, cut to the
+    /// configured slice.
+    pub fn offered_resources(&self) -> Result<HostResources, ConfigError> {
+        HostResources::detect()?.slice(&self.resources)
+    }
+
+    pub(crate) fn retention(&self) -> Duration {
+        Duration::from_millis(self.retention_ms)
+    }
+
+    pub(crate) fn scratch_dir(&self, slug: &str) -> PathBuf {
+        Path::new(&self.runs_dir()).join(slug)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_total_parses_kib() {
+        let meminfo = "MemTotal:       24683212 kB\nMemFree:        23000000 kB\n";
+        assert_eq!(parse_mem_total_kib(meminfo), Some(24683212));
+        assert_eq!(parse_mem_total_kib("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total_kib("MemTotal: 12 MB\n"), None);
+    }
+
+    #[test]
+    fn detection_matches_the_machine() {
+        let host = HostResources::detect().unwrap();
+        // Independent source: the kernel's online CPU list and sysinfo-style
+        // numbers from /proc, read differently from `detect`.
+        let n_online = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap()
+            .lines()
+            .filter(|line| line.starts_with("processor"))
+            .count() as u64;
+        assert!(
+            host.cpu_millis >= 1000 && host.cpu_millis <= n_online * 1000,
+            "{host:?} vs {n_online} CPUs"
+        );
+        assert!(host.memory_mib > 64, "{host:?}");
+    }
+
+    #[test]
+    fn slice_takes_less_and_refuses_more() {
+        let host = HostResources {
+            cpu_millis: 2000,
+            memory_mib: 4096,
+        };
+        let half = host
+            .slice(&ResourceSlice {
+                cpu_millis: Some(1000),
+                memory_mib: None,
+            })
+            .unwrap();
+        assert_eq!(
+            half,
+            HostResources {
+                cpu_millis: 1000,
+                memory_mib: 4096
+            }
+        );
+        let err = host
+            .slice(&ResourceSlice {
+                cpu_millis: None,
+                memory_mib: Some(8192),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "resources.memory_mib",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = host
+            .slice(&ResourceSlice {
+                cpu_millis: Some(0),
+                memory_mib: None,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "resources.cpu_millis",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_at_every_level() {
+        let err = ExecutorConfig::from_toml("executor_id = \"a\"\nretention = 5\n").unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+        let err =
+            ExecutorConfig::from_toml("executor_id = \"a\"\n[resources]\ncpus = 2\n").unwrap_err();
+        assert!(err.to_string().contains("cpus"), "{err}");
+        let config =
+            ExecutorConfig::from_toml("executor_id = \"host-1\"\n[resources]\ncpu_millis = 500\n")
+                .unwrap();
+        assert_eq!(config.resources.cpu_millis, Some(500));
+        assert_eq!(config.default_pids_limit, 2048);
+    }
+
+    #[test]
+    fn executor_id_must_be_name_safe() {
+        for bad in ["", "-a", "a b", "a/b", &"x".repeat(64)] {
+            let err = ExecutorConfig::new(bad).validate().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        field: "executor_id",
+                        ..
+                    }
+                ),
+                "{bad:?}"
+            );
+        }
+        ExecutorConfig::new("host-1.pool_a").validate().unwrap();
+    }
+}
