@@ -3,8 +3,8 @@
 # This is the README's test command; CI runs it through .ci/run.
 #
 # It installs what the tests need and starts the services they use, then
-# stops them. Today the suite needs only the Rust toolchain; later issues add
-# etcd, moto and Docker-backed tests here.
+# stops them: the executor's integration tests run containers on the local
+# Docker engine from an image this script builds (no registry is needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building the ebb-workload:dev image (executor integration tests)"
+bash scripts/build-workload-image.sh
 
 step "cargo test --workspace"
 cargo test --workspace --locked
