@@ -35,7 +35,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types::{
     Filter, InstanceTypeInfo, OfferingClassType, ReservedInstanceState, ReservedInstances,
@@ -280,8 +280,26 @@ where
         region: region.to_owned(),
         operation,
         kind: classify(err),
-        message: DisplayErrorContext(err).to_string(),
+        message: error_chain(err),
     }
+}
+
+/// The error and its causes, `: `-separated (the SDK's `DisplayErrorContext`
+/// also appends the whole `Debug` form, response body included, which is
+/// too much for a status line).
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        // Wrappers often repeat their source's text; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
 }
 
 /// What the fetch needs besides the clients, shared with the region tasks.

@@ -11,6 +11,10 @@ launcher imports moto, adds
   element names are those aws-sdk-ec2's generated deserializer matches), and
 * a test-only seeding endpoint, `POST /ebb-test/seed`, that stores reserved
   instances and launches tagged instances through stock moto's RunInstances,
+* a test-only fault endpoint, `POST /ebb-test/fail`, that makes the next N
+  EC2 requests of a region fail with an EC2 error such as
+  RequestLimitExceeded (EC2's XML error shape), so the SDK's retries and
+  Ebb's error handling meet a real throttling answer,
 
 and then serves moto's threaded (werkzeug) server on a loopback port. Every
 other request goes to stock moto unchanged, so the Rust SDK parses real EC2
@@ -29,6 +33,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import sys
 import threading
 import uuid
@@ -78,12 +83,53 @@ class ReservedInstancesStore:
         with self._lock:
             self._items.setdefault((account, region), []).append(ri)
 
+    def clear(self, account: str, region: str) -> None:
+        with self._lock:
+            self._items.pop((account, region), None)
+
     def list(self, account: str, region: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._items.get((account, region), []))
 
 
 STORE = ReservedInstancesStore()
+
+
+class Faults:
+    """EC2 errors armed per region by `POST /ebb-test/fail`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[str, list[Any]] = {}
+
+    def arm(self, region: str, code: str, status: int, count: int) -> None:
+        with self._lock:
+            self._armed[region] = [code, status, count]
+
+    def take(self, region: str) -> tuple[str, int] | None:
+        """The error to answer this request of `region` with, if one is armed."""
+        with self._lock:
+            armed = self._armed.get(region)
+            if not armed or armed[2] <= 0:
+                return None
+            armed[2] -= 1
+            return armed[0], armed[1]
+
+
+FAULTS = Faults()
+
+# SigV4's credential scope names the region: `Credential=KEY/DATE/REGION/ec2/...`.
+SIGV4_REGION = re.compile(r"Credential=[^/]+/[0-9]+/([a-z0-9-]+)/")
+
+
+def ec2_error_xml(code: str, message: str) -> str:
+    """An error body in EC2's shape (`Response/Errors/Error`, then `RequestID`)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Errors><Error><Code>{escape(code)}</Code>"
+        f"<Message>{escape(message)}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    )
 
 
 def parse_time(value: str, field: str) -> dt.datetime:
@@ -244,15 +290,18 @@ ReservedInstances.describe_reserved_instances = describe_reserved_instances  # t
 class Seeder:
     """`POST /ebb-test/seed`: stores reserved instances and launches instances.
 
-    Body (JSON): `{"region": "us-east-1", "reserved_instances": [...],
-    "instances": [...]}`. A reserved instance has `instance_type`,
+    Body (JSON): `{"region": "us-east-1", "reset": true,
+    "reserved_instances": [...], "instances": [...]}`. With `reset`, the
+    region's reserved instances are dropped and its instances terminated
+    first, so a test can run again against the same emulator. A reserved instance has `instance_type`,
     `instance_count`, optional `availability_zone` (absent: regional scope),
     `start`/`end` (RFC 3339), `state` (absent: follows the clock),
     `offering_class`, `offering_type` and `id`. An instance has
-    `instance_type`, `availability_zone`, `tags` (object) and `count`; each
-    one is launched by its own RunInstances call against this server (stock
-    moto), so each is its own EC2 reservation and a DescribeInstances page of
-    N reservations holds N instances.
+    `instance_type`, `availability_zone`, `tags` (object), `count` and
+    `stopped` (stop it after launch); each one is launched by its own
+    RunInstances call against this server (stock moto), so each is its own
+    EC2 reservation and a DescribeInstances page of N reservations holds N
+    instances.
 
     Answers `{"reserved_instance_ids": [...], "instance_ids": [...]}`.
     """
@@ -263,25 +312,48 @@ class Seeder:
     def seed(self, body: dict[str, Any]) -> dict[str, Any]:
         import boto3  # moto depends on boto3; imported late to keep startup quick
 
-        unknown = set(body) - {"region", "account_id", "reserved_instances", "instances"}
+        unknown = set(body) - {
+            "region",
+            "account_id",
+            "reset",
+            "reserved_instances",
+            "instances",
+        }
         if unknown:
             raise ValueError(f"unknown seed fields: {sorted(unknown)}")
         region = body["region"]
         account = body.get("account_id", "123456789012")
+        ec2 = boto3.client(
+            "ec2",
+            region_name=region,
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        if body.get("reset"):
+            STORE.clear(account, region)
+            live = [
+                i["InstanceId"]
+                for page in ec2.get_paginator("describe_instances").paginate()
+                for r in page["Reservations"]
+                for i in r["Instances"]
+                if i["State"]["Name"] != "terminated"
+            ]
+            if live:
+                ec2.terminate_instances(InstanceIds=live)
         ri_ids = [seed_reserved_instance(account, region, ri) for ri in body.get("reserved_instances", [])]
         instance_ids: list[str] = []
         instances = body.get("instances", [])
         if instances:
-            ec2 = boto3.client(
-                "ec2",
-                region_name=region,
-                endpoint_url=self.endpoint,
-                aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-            )
             image_id = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
             for spec in instances:
-                unknown = set(spec) - {"instance_type", "availability_zone", "tags", "count"}
+                unknown = set(spec) - {
+                    "instance_type",
+                    "availability_zone",
+                    "tags",
+                    "count",
+                    "stopped",
+                }
                 if unknown:
                     raise ValueError(f"unknown instance fields: {sorted(unknown)}")
                 tags = [{"Key": k, "Value": v} for k, v in spec.get("tags", {}).items()]
@@ -296,7 +368,10 @@ class Seeder:
                     if tags:
                         args["TagSpecifications"] = [{"ResourceType": "instance", "Tags": tags}]
                     out = ec2.run_instances(**args)
-                    instance_ids.extend(i["InstanceId"] for i in out["Instances"])
+                    ids = [i["InstanceId"] for i in out["Instances"]]
+                    if spec.get("stopped"):
+                        ec2.stop_instances(InstanceIds=ids)
+                    instance_ids.extend(ids)
         return {"reserved_instance_ids": ri_ids, "instance_ids": instance_ids}
 
 
@@ -313,10 +388,30 @@ def make_app(seeder: Seeder) -> Any:
                     response = Response(json.dumps(result), 200, mimetype="application/json")
                 except Exception as e:  # the test sees the message, the server stays up
                     response = Response(f"{type(e).__name__}: {e}\n", 400, mimetype="text/plain")
+            elif request.path == "/ebb-test/fail" and request.method == "POST":
+                # {"region": ..., "code": "RequestLimitExceeded", "status": 503, "count": N}
+                body = json.loads(request.get_data(as_text=True))
+                FAULTS.arm(
+                    body["region"],
+                    body.get("code", "RequestLimitExceeded"),
+                    int(body.get("status", 503)),
+                    int(body["count"]),
+                )
+                response = Response("armed\n", 200, mimetype="text/plain")
             elif request.path == "/ebb-test/health":
                 response = Response("ok\n", 200, mimetype="text/plain")
             else:
                 response = Response("unknown ebb-test endpoint\n", 404, mimetype="text/plain")
+            return response(environ, start_response)
+        match = SIGV4_REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
+        fault = FAULTS.take(match.group(1)) if match else None
+        if fault is not None:
+            code, status = fault
+            response = Response(
+                ec2_error_xml(code, "Request limit exceeded (ebb_moto fault)."),
+                status,
+                mimetype="text/xml",
+            )
             return response(environ, start_response)
         return moto_app(environ, start_response)
 
