@@ -70,7 +70,9 @@ impl fmt::Display for TagMatch {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ec2Config {
-    /// Pools to account for; the regions read are their regions.
+    /// Pools to account for (`[[ec2.pool]]` tables, as `[[pool]]` in the
+    /// static file); the regions read are their regions.
+    #[serde(rename = "pool")]
     pub pools: Vec<PoolDef>,
     /// Endpoint override (an emulator, a VPC endpoint); none: AWS's.
     pub endpoint_url: Option<String>,
@@ -140,10 +142,10 @@ impl Ec2Config {
     /// Checks the configuration; errors name the field (`ec2.page_size`).
     pub fn validate(&self) -> Result<(), SourceError> {
         if self.pools.is_empty() {
-            return Err(config_error("ec2.pools", "needs at least one pool"));
+            return Err(config_error("ec2.pool", "needs at least one [[ec2.pool]]"));
         }
         snapshot::validate_pools(&self.pools)
-            .map_err(|e| config_error(format!("ec2.pools[{}].{}", e.index, e.field), e.message))?;
+            .map_err(|e| config_error(format!("ec2.pool[{}].{}", e.index, e.field), e.message))?;
         if let Some(url) = &self.endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -928,9 +930,10 @@ mod tests {
         assert_eq!(with(&|_| {}), None);
         type Edit<'a> = &'a dyn Fn(&mut Ec2Config);
         let cases: [(&str, Edit<'_>); 6] = [
-            ("invalid field `ec2.pools`: needs at least one pool", &|c| {
-                c.pools.clear()
-            }),
+            (
+                "invalid field `ec2.pool`: needs at least one [[ec2.pool]]",
+                &|c| c.pools.clear(),
+            ),
             (
                 "invalid field `ec2.page_size`: 4 is outside EC2's 5 to 1000",
                 &|c| c.page_size = 4,
@@ -948,7 +951,7 @@ mod tests {
                 &|c| c.batch_tag = c.streaming_tag.clone(),
             ),
             (
-                "invalid field `ec2.pools[0].zone`: `eu-west-1a` is not a zone of region `us-east-1`",
+                "invalid field `ec2.pool[0].zone`: `eu-west-1a` is not a zone of region `us-east-1`",
                 &|c| c.pools[0].zone = Some("eu-west-1a".into()),
             ),
         ];
@@ -965,7 +968,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("unknown field `valeu`"), "{e}");
         let c: Ec2Config =
-            toml::from_str("page_size = 10\n[[pools]]\nid = \"a\"\nregion = \"us-east-1\"\n")
+            toml::from_str("page_size = 10\n[[pool]]\nid = \"a\"\nregion = \"us-east-1\"\n")
                 .unwrap();
         assert_eq!(
             (c.page_size, c.max_attempts, c.regions()),
