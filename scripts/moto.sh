@@ -43,6 +43,16 @@ venv_dir() {
     fi
 }
 
+apt_install() {
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        say "need the Debian packages $*: install them (as root: apt-get install $*)"
+        exit 1
+    fi
+    say "installing $* (Debian packages)"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
 install() {
     local venv=$1
     if [ -x "$venv/bin/python" ] &&
@@ -50,18 +60,16 @@ install() {
         return
     fi
     say "installing moto[server]==$moto_version into $venv"
-    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            say "installing python3-venv (Debian package)"
-            apt-get update -qq >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-        else
-            say "python3 -m venv is not available: install python3-venv"
-            exit 1
-        fi
+    if ! command -v python3 >/dev/null; then
+        apt_install python3 python3-venv
     fi
     rm -rf "$venv"
-    python3 -m venv "$venv" >&2
+    # Debian ships venv's pip bootstrap separately (python3-venv).
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        apt_install python3-venv
+        python3 -m venv "$venv" >&2
+    fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         -c "$constraints" "moto[server]==$moto_version" >&2
 }

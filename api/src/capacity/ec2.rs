@@ -325,6 +325,9 @@ pub struct Ec2 {
 impl Ec2 {
     /// Checks `config` and builds one client per region. Makes no call to
     /// EC2 and resolves no credentials yet (the first fetch does).
+    ///
+    /// `catalog` must be the market's (same reference type and overrides as
+    /// the core's `MarketConfig`), so that the snapshot's IE are the core's.
     pub async fn new(config: Ec2Config, catalog: Catalog) -> Result<Ec2, SourceError> {
         config.validate()?;
         let mut clients = Vec::new();

@@ -1,7 +1,7 @@
 //! The plain snapshot every reservation source produces, and the one place
 //! where raw records (reservations, fleet instances) become per-pool figures.
 //!
-//! Sources only gather [`ReservationRecord`]s and [`FleetInstance`]s; [`build`]
+//! Sources only gather [`ReservationRecord`]s and [`FleetInstance`]s; `build`
 //! assigns them to pools, converts them to IE with the market's [`Catalog`]
 //! and records every item it had to leave out as an [`ItemError`]. Both
 //! sources therefore follow the same pool and IE rules by construction.
@@ -11,7 +11,7 @@
 //! or equal to the item's, the pool's family empty or equal to the item's
 //! instance family; a pool naming the zone beats one naming only the family,
 //! which beats a region-wide pool. Pool keys `(region, zone, family)` are
-//! unique ([`validate_pools`]), so there is never a tie.
+//! unique (`validate_pools`), so there is never a tie.
 //!
 //! **Regional reservations** (scope `Region`, no zone) are counted by
 //! [`apportion_regional`]; the rule and its reasons are documented there.

@@ -38,10 +38,14 @@
 //!
 //! Unknown keys are errors in every table, and every error names the file,
 //! the line and column (toml's spans) and the field, e.g.
-//! `reservations.toml:12:9: invalid field \`reservation[1].count\`: invalid
-//! value: integer \`-3\`, expected u32`. The file is re-read on every fetch,
-//! so an edit takes effect at the next refresh; an edit that breaks it is an
-//! error of that fetch (the refresher keeps the last good snapshot).
+//!
+//! ```text
+//! reservations.toml:12:9: invalid field `reservation[1].count`: invalid value: integer `-3`, expected u32
+//! ```
+//!
+//! The file is re-read on every fetch, so an edit takes effect at the next
+//! refresh; an edit that breaks it is an error of that fetch (the refresher
+//! keeps the last good snapshot).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -108,7 +112,8 @@ enum Origin {
 }
 
 impl StaticFile {
-    /// Reads and checks `path`; later fetches read it again.
+    /// Reads and checks `path`; later fetches read it again. `catalog` must
+    /// be the market's, so that the snapshot's IE are the core's.
     pub fn load(path: impl Into<PathBuf>, catalog: Catalog) -> Result<StaticFile, StaticFileError> {
         let source = StaticFile {
             origin: Origin::Path(path.into()),
