@@ -78,9 +78,12 @@ fn seed(endpoint: &str, region: &str, reserved: Value, instances: Value) -> Vec<
         .collect()
 }
 
-/// Makes the next `count` EC2 requests of `region` fail with `code`.
-fn arm_faults(endpoint: &str, region: &str, code: &str, count: u32) {
-    let body = json!({ "region": region, "code": code, "status": 503, "count": count });
+/// Makes the next `count` EC2 requests of `region` (of `action` only, if
+/// given) fail with `code`.
+fn arm_faults(endpoint: &str, region: &str, action: Option<&str>, code: &str, count: u32) {
+    let body = json!({
+        "region": region, "action": action, "code": code, "status": 503, "count": count,
+    });
     ureq::post(format!("{endpoint}/ebb-test/fail"))
         .header("content-type", "application/json")
         .send(body.to_string())
@@ -374,6 +377,59 @@ async fn an_unknown_instance_type_is_named_and_left_out_of_supply() {
     assert_eq!(p.n_streaming_instances, 1);
     let learned: Vec<&str> = s.instance_types.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(learned, ["m6a.16xlarge"]);
+}
+
+/// Instance type facts are asked for once: a second fetch needs no
+/// DescribeInstanceTypes (here it would fail), a new source does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn described_instance_types_are_asked_for_once() {
+    let url = endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials_file(dir.path());
+    seed(
+        &url,
+        "eu-west-2",
+        json!([]),
+        json!([{ "instance_type": "m6a.16xlarge", "availability_zone": "eu-west-2a",
+                 "tags": tags(STREAMING) }]),
+    );
+    let mut cfg = config(&url, &creds, vec![pool("lhr", "eu-west-2", None)]);
+    cfg.max_attempts = 1;
+    let ec2 = source(cfg.clone()).await;
+    let first = ec2.fetch(unix_now()).await.unwrap();
+    // m6a.16xlarge: 64 vCPUs as EC2 describes it = 1 IE.
+    assert_eq!(
+        first.pool(&"lhr".into()).unwrap().streaming_ie,
+        Some(ie(1.0))
+    );
+
+    arm_faults(
+        &url,
+        "eu-west-2",
+        Some("DescribeInstanceTypes"),
+        "RequestLimitExceeded",
+        5,
+    );
+    let second = ec2.fetch(unix_now()).await.unwrap();
+    assert_eq!(
+        second.pool(&"lhr".into()).unwrap().streaming_ie,
+        Some(ie(1.0))
+    );
+    assert_eq!(second.instance_types, first.instance_types);
+
+    // A fresh source has to ask, and meets the armed fault.
+    let err = source(cfg).await.fetch(unix_now()).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SourceError::Ec2 {
+                operation: "DescribeInstanceTypes",
+                kind: Ec2ErrorKind::Throttled,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 /// A region with pools but no reservations: its pools are there, empty,
@@ -723,7 +779,7 @@ async fn throttling_past_the_retries_fails_the_fetch_and_a_retry_rides_it_out() 
     cfg.max_attempts = 2;
     let ec2 = source(cfg).await;
 
-    arm_faults(&url, "sa-east-1", "RequestLimitExceeded", 2);
+    arm_faults(&url, "sa-east-1", None, "RequestLimitExceeded", 2);
     let err = ec2.fetch(unix_now()).await.unwrap_err();
     match &err {
         SourceError::Ec2 {
@@ -746,7 +802,7 @@ async fn throttling_past_the_retries_fails_the_fetch_and_a_retry_rides_it_out() 
     }
 
     // One throttled answer, then moto: the second attempt succeeds.
-    arm_faults(&url, "sa-east-1", "RequestLimitExceeded", 1);
+    arm_faults(&url, "sa-east-1", None, "RequestLimitExceeded", 1);
     let s = ec2.fetch(unix_now()).await.unwrap();
     assert_eq!(s.pool(&"gru".into()).unwrap().reserved_ie, ie(1.0));
 }

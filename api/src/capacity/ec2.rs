@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error as StdError;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -320,6 +320,10 @@ pub struct Ec2 {
     clients: Vec<(String, Client)>,
     settings: Arc<Settings>,
     endpoint_url: Option<String>,
+    /// Types EC2 described, by name: an instance type's facts never change,
+    /// so each is asked about once per process. Names EC2 did not know are
+    /// asked again at every fetch (it may learn them; it costs one call).
+    described: Mutex<BTreeMap<String, InstanceType>>,
 }
 
 impl Ec2 {
@@ -376,6 +380,7 @@ impl Ec2 {
                 page_size: i32::try_from(config.page_size).unwrap_or(1_000),
             }),
             endpoint_url: config.endpoint_url,
+            described: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -391,8 +396,12 @@ impl Ec2 {
         }
         let mut regions = BTreeMap::new();
         while let Some(joined) = tasks.join_next().await {
-            // A panic in a region task is a bug: surface it as such.
-            let (region, client, data) = joined.expect("EC2 region task panicked");
+            // A panic in a region task is a bug: let it propagate. (Tasks are
+            // never cancelled while the set is alive.)
+            let (region, client, data) = match joined {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
             // Returning early drops the JoinSet, which aborts the other regions.
             regions.insert(region, (client, data?));
         }
@@ -401,48 +410,61 @@ impl Ec2 {
         let mut fleet = Vec::new();
         let mut errors = Vec::new();
         let mut n_untagged = 0;
-        let mut learned: Vec<InstanceType> = Vec::new();
+        let mut used: BTreeSet<String> = BTreeSet::new();
         for (region, (client, data)) in regions {
-            let unknown: BTreeSet<String> = data
+            let region_types: BTreeSet<String> = data
                 .reservations
                 .iter()
                 .map(|r| r.instance_type.clone())
                 .chain(data.fleet.iter().map(|i| i.instance_type.clone()))
                 .filter(|t| self.catalog.get(t).is_none())
-                .filter(|t| learned.iter().all(|l| &l.name != t))
                 .collect();
+            let unknown: BTreeSet<String> = {
+                let described = self.described.lock().expect("described types lock");
+                region_types
+                    .iter()
+                    .filter(|t| !described.contains_key(*t))
+                    .cloned()
+                    .collect()
+            };
             if !unknown.is_empty() {
                 let (types, type_errors) = describe_types(&client, &region, unknown).await?;
-                learned.extend(types);
                 errors.extend(type_errors);
+                // Keep only types the catalog accepts; one it refuses (say,
+                // no vCPUs) is an error and its items stay unknown.
+                let reference = &self.catalog.reference().name;
+                let mut described = self.described.lock().expect("described types lock");
+                for t in types {
+                    match self
+                        .catalog
+                        .with_overrides(std::slice::from_ref(&t), reference)
+                    {
+                        Ok(_) => {
+                            described.insert(t.name.clone(), t);
+                        }
+                        Err(e) => errors.push(ItemError::InstanceFacts {
+                            instance_type: t.name.clone(),
+                            message: e.to_string(),
+                        }),
+                    }
+                }
             }
+            used.extend(region_types);
             reservations.extend(data.reservations);
             fleet.extend(data.fleet);
             errors.extend(data.errors);
             n_untagged += data.n_untagged;
         }
 
-        // Keep only learned types the catalog accepts; a type it refuses
-        // (say, no vCPUs) is an error and its items stay unknown.
-        let reference = self.catalog.reference().name.clone();
-        learned.retain(|t| {
-            match self
-                .catalog
-                .with_overrides(std::slice::from_ref(t), &reference)
-            {
-                Ok(_) => true,
-                Err(e) => {
-                    errors.push(ItemError::InstanceFacts {
-                        instance_type: t.name.clone(),
-                        message: e.to_string(),
-                    });
-                    false
-                }
-            }
-        });
+        let learned: Vec<InstanceType> = {
+            let described = self.described.lock().expect("described types lock");
+            used.iter()
+                .filter_map(|t| described.get(t).cloned())
+                .collect()
+        };
         let catalog = self
             .catalog
-            .with_overrides(&learned, &reference)
+            .with_overrides(&learned, &self.catalog.reference().name)
             .expect("each learned type was accepted on its own");
         Ok(snapshot::build(Inputs {
             source: self.describe(),

@@ -12,7 +12,7 @@ launcher imports moto, adds
 * a test-only seeding endpoint, `POST /ebb-test/seed`, that stores reserved
   instances and launches tagged instances through stock moto's RunInstances,
 * a test-only fault endpoint, `POST /ebb-test/fail`, that makes the next N
-  EC2 requests of a region fail with an EC2 error such as
+  EC2 requests of a region (optionally of one action) fail with an EC2 error such as
   RequestLimitExceeded (EC2's XML error shape), so the SDK's retries and
   Ebb's error handling meet a real throttling answer,
 
@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import ipaddress
 import json
 import os
 import re
 import sys
 import threading
+import urllib.parse
 import uuid
 from typing import Any
 from xml.sax.saxutils import escape
@@ -96,24 +98,34 @@ STORE = ReservedInstancesStore()
 
 
 class Faults:
-    """EC2 errors armed per region by `POST /ebb-test/fail`."""
+    """EC2 errors armed per region (and optionally per action) by `POST /ebb-test/fail`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._armed: dict[str, list[Any]] = {}
+        self._armed: dict[str, dict[str, Any]] = {}
 
-    def arm(self, region: str, code: str, status: int, count: int) -> None:
+    def arm(self, region: str, code: str, status: int, count: int, action: str | None) -> None:
         with self._lock:
-            self._armed[region] = [code, status, count]
+            self._armed[region] = {"code": code, "status": status, "count": count, "action": action}
 
-    def take(self, region: str) -> tuple[str, int] | None:
-        """The error to answer this request of `region` with, if one is armed."""
+    def clear(self, region: str) -> None:
+        with self._lock:
+            self._armed.pop(region, None)
+
+    def armed(self, region: str) -> bool:
+        with self._lock:
+            return self._armed.get(region, {}).get("count", 0) > 0
+
+    def take(self, region: str, action: str) -> tuple[str, int] | None:
+        """The error to answer this request with, if one is armed for it."""
         with self._lock:
             armed = self._armed.get(region)
-            if not armed or armed[2] <= 0:
+            if not armed or armed["count"] <= 0:
                 return None
-            armed[2] -= 1
-            return armed[0], armed[1]
+            if armed["action"] and armed["action"] != action:
+                return None
+            armed["count"] -= 1
+            return armed["code"], armed["status"]
 
 
 FAULTS = Faults()
@@ -293,7 +305,8 @@ class Seeder:
     Body (JSON): `{"region": "us-east-1", "reset": true,
     "reserved_instances": [...], "instances": [...]}`. With `reset`, the
     region's reserved instances are dropped and its instances terminated
-    first, so a test can run again against the same emulator. A reserved instance has `instance_type`,
+    first and its armed faults disarmed, so a test can run again against
+    the same emulator. A reserved instance has `instance_type`,
     `instance_count`, optional `availability_zone` (absent: regional scope),
     `start`/`end` (RFC 3339), `state` (absent: follows the clock),
     `offering_class`, `offering_type` and `id`. An instance has
@@ -331,6 +344,7 @@ class Seeder:
             aws_secret_access_key="testing",
         )
         if body.get("reset"):
+            FAULTS.clear(region)
             STORE.clear(account, region)
             live = [
                 i["InstanceId"]
@@ -375,6 +389,16 @@ class Seeder:
         return {"reserved_instance_ids": ri_ids, "instance_ids": instance_ids}
 
 
+def request_action(environ: dict[str, Any]) -> str:
+    """The EC2 `Action` of a query-protocol request, leaving its body readable."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    params = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    params.update(urllib.parse.parse_qs(environ.get("QUERY_STRING", "")))
+    return params.get("Action", [""])[0]
+
+
 def make_app(seeder: Seeder) -> Any:
     """moto's WSGI application with the seeding endpoint in front of it."""
     moto_app = DomainDispatcherApplication(create_backend_app)
@@ -389,13 +413,15 @@ def make_app(seeder: Seeder) -> Any:
                 except Exception as e:  # the test sees the message, the server stays up
                     response = Response(f"{type(e).__name__}: {e}\n", 400, mimetype="text/plain")
             elif request.path == "/ebb-test/fail" and request.method == "POST":
-                # {"region": ..., "code": "RequestLimitExceeded", "status": 503, "count": N}
+                # {"region": ..., "code": "RequestLimitExceeded", "status": 503,
+                #  "count": N, "action": "DescribeInstanceTypes" (optional)}
                 body = json.loads(request.get_data(as_text=True))
                 FAULTS.arm(
                     body["region"],
                     body.get("code", "RequestLimitExceeded"),
                     int(body.get("status", 503)),
                     int(body["count"]),
+                    body.get("action"),
                 )
                 response = Response("armed\n", 200, mimetype="text/plain")
             elif request.path == "/ebb-test/health":
@@ -404,7 +430,9 @@ def make_app(seeder: Seeder) -> Any:
                 response = Response("unknown ebb-test endpoint\n", 404, mimetype="text/plain")
             return response(environ, start_response)
         match = SIGV4_REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
-        fault = FAULTS.take(match.group(1)) if match else None
+        fault = None
+        if match and FAULTS.armed(match.group(1)):
+            fault = FAULTS.take(match.group(1), request_action(environ))
         if fault is not None:
             code, status = fault
             response = Response(
