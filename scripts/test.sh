@@ -4,7 +4,8 @@
 #
 # It installs what the tests need and starts the services they use, then
 # stops them: the executor's integration tests run containers on the local
-# Docker engine from an image this script builds (no registry is needed).
+# Docker engine from an image this script builds (no registry is needed), and
+# the EC2 tests run the real AWS SDK against a local moto server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "building the ebb-workload:dev image (executor integration tests)"
 bash scripts/build-workload-image.sh
+
+# The EC2 reservation source is tested with the real SDK against moto
+# (api/tests/ec2.rs). The emulator is stopped by pid however the tests end.
+step "starting the EC2 emulator (moto 5.2.5, pinned) for the ebb-api tests"
+trap 'scripts/moto.sh stop' EXIT
+moto_env=$(scripts/moto.sh start)   # an assignment, so set -e sees a failed start
+eval "$moto_env"                    # EBB_MOTO_ENDPOINT, EBB_MOTO_PYTHON, EBB_MOTO_LAUNCHER
 
 step "cargo test --workspace"
 cargo test --workspace --locked
