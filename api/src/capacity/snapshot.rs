@@ -966,10 +966,7 @@ mod tests {
         assert_eq!(s.next_change_after(Timestamp::from_millis(3_000)), None);
         assert_eq!(
             p.core_reservations_at(Timestamp::from_millis(3_000)),
-            [Reservation {
-                instance_type: "m5.8xlarge".into(),
-                count: 2
-            }]
+            [Reservation::new("m5.8xlarge", 2)]
         );
     }
 
@@ -988,22 +985,13 @@ mod tests {
         assert_eq!(
             p.core_reservations_at(s.fetched_at),
             [
-                Reservation {
-                    instance_type: "c5.9xlarge".into(),
-                    count: 1
-                },
-                Reservation {
-                    instance_type: "m5.16xlarge".into(),
-                    count: 5
-                },
+                Reservation::new("c5.9xlarge", 1),
+                Reservation::new("m5.16xlarge", 5),
             ]
         );
         assert_eq!(
             to_core_reservation(&p.reservations[0]),
-            Reservation {
-                instance_type: "m5.16xlarge".into(),
-                count: 2
-            }
+            Reservation::new("m5.16xlarge", 2)
         );
     }
 
