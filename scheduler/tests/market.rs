@@ -614,3 +614,71 @@ fn a_critical_gang_that_cannot_fit_whole_preempts_nothing() {
     let plan = round(&mut s, t(11));
     assert_eq!(plan.preemptions.len(), 1, "2 idle hosts + 1 preempted");
 }
+
+#[test]
+fn instance_types_learned_later_count_and_survive_a_restore() {
+    let mut s = market(SchedulerConfig::default());
+    let mut weird = s.catalog().get("m5.4xlarge").unwrap().clone();
+    weird.name = "m9.4xlarge".into();
+    weird.vcpus = 32;
+    // Unknown: the reservation is refused, naming the type.
+    let err = s
+        .handle_reservations(
+            t(1),
+            &PoolId::from("use1a"),
+            vec![Reservation::new("m9.4xlarge", 2)],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("m9.4xlarge"), "{err}");
+    assert_eq!(
+        s.handle_instance_types(t(2), vec![weird.clone()]).unwrap(),
+        1
+    );
+    assert_eq!(
+        s.handle_instance_types(t(2), vec![weird.clone()]).unwrap(),
+        0,
+        "idempotent"
+    );
+    let mut changed = weird.clone();
+    changed.vcpus = 48;
+    assert!(
+        s.handle_instance_types(t(2), vec![changed]).is_err(),
+        "a known type keeps its facts"
+    );
+    s.handle_reservations(
+        t(3),
+        &PoolId::from("use1a"),
+        vec![Reservation::new("m9.4xlarge", 2)],
+    )
+    .unwrap();
+    // Another family: counted by vCPU ratio, 32 / 64 = 0.5 IE each.
+    assert_eq!(pool(&s, "use1a").reserved, Ie::from_whole(1));
+    let copy = Scheduler::restore(s.snapshot()).unwrap();
+    assert_eq!(copy.catalog().get("m9.4xlarge"), Some(&weird));
+    assert_eq!(pool(&copy, "use1a").reserved, Ie::from_whole(1));
+}
+
+#[test]
+fn a_reservation_counts_only_during_its_term_and_poll_timeout_names_the_boundaries() {
+    let mut s = market(SchedulerConfig::default());
+    let mut r = Reservation::new("m5.16xlarge", 4);
+    r.start = Some(t(HOUR));
+    r.end = Some(t(2 * HOUR));
+    s.handle_reservations(t(1), &PoolId::from("usw2a"), vec![r])
+        .unwrap();
+    assert_eq!(pool(&s, "usw2a").reserved, Ie::ZERO);
+    assert_eq!(s.poll_timeout(), Some(t(HOUR)));
+    s.handle_tick(t(HOUR + 500)).unwrap();
+    assert_eq!(pool(&s, "usw2a").reserved, Ie::from_whole(4));
+    assert_eq!(s.poll_timeout(), Some(t(2 * HOUR)));
+    s.handle_tick(t(3 * HOUR)).unwrap();
+    assert_eq!(pool(&s, "usw2a").reserved, Ie::ZERO);
+    // Reserved IE-hours count exactly the term, though the ticks came late
+    // (plus the fixture's 10 IE for the first millisecond).
+    let totals = s.pool_totals(t(3 * HOUR));
+    let usw2a = totals.iter().find(|p| p.pool.as_str() == "usw2a").unwrap();
+    assert_eq!(
+        usw2a.reserved,
+        IeMs(4 * 1_000_000 * u128::from(HOUR) + 10 * 1_000_000)
+    );
+}

@@ -588,6 +588,49 @@ impl Scheduler {
         })
     }
 
+    /// Adds instance types the catalog lacks (e.g. described by EC2), so
+    /// hosts and reservations of those types can be counted in IE. A type the
+    /// catalog already has with other facts is refused, naming it: changing
+    /// a known type's IE would silently revalue hosts and reservations
+    /// already counted. Returns how many types were new.
+    pub fn handle_instance_types(
+        &mut self,
+        now: Timestamp,
+        types: Vec<crate::spec::catalog::InstanceType>,
+    ) -> Result<usize, InputError> {
+        self.input(now, |s| {
+            let catalog = &s.state.market.catalog;
+            let mut new = Vec::new();
+            for t in types {
+                match catalog.get(&t.name) {
+                    Some(known) if *known == t => {}
+                    Some(_) => {
+                        return Err(InputError::field(
+                            "instance_types",
+                            format!("`{}` is already in the catalog with other facts", t.name),
+                        ));
+                    }
+                    None if new
+                        .iter()
+                        .any(|n: &crate::spec::catalog::InstanceType| n.name == t.name) => {}
+                    None => new.push(t),
+                }
+            }
+            if new.is_empty() {
+                return Ok(0);
+            }
+            let mut overrides = s.state.config.market.catalog_overrides.clone();
+            overrides.extend(new.iter().cloned());
+            let reference = &s.state.config.market.reference_instance_type;
+            let catalog = s.state.market.catalog.with_overrides(&new, reference)?;
+            s.state.market.catalog = catalog;
+            s.state.config.market.catalog_overrides = overrides;
+            s.state.market.config.catalog_overrides =
+                s.state.config.market.catalog_overrides.clone();
+            Ok(new.len())
+        })
+    }
+
     /// Replaces a configured pool's reservations. Each counts from its
     /// `start` to its `end` (see [`Reservation`]).
     pub fn handle_reservations(
