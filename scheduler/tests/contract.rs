@@ -551,13 +551,21 @@ impl World {
             .map(|(r, _)| *r)
             .collect();
         let mut accepted_hosts: Vec<HostId> = Vec::new();
+        let mut accepted_gangs: BTreeSet<JobId> = BTreeSet::new();
         for p in plan
             .preemptions
             .iter()
             .filter(|p| !refused.contains(&p.run))
         {
+            let gang = self.s.job_spec(p.run.task.job).is_some_and(|j| j.gang);
             match &p.cause {
+                // A gang's other members go with it (preempted whole), wherever they run.
+                PreemptCause::Reclaim { .. }
+                    if gang && accepted_gangs.contains(&p.run.task.job) => {}
                 PreemptCause::Reclaim { .. } => {
+                    if gang {
+                        accepted_gangs.insert(p.run.task.job);
+                    }
                     if !accepted_hosts.contains(&p.host) {
                         assert!(
                             projected > pool.supply,
@@ -572,10 +580,10 @@ impl World {
                         projected = projected.saturating_sub(ie);
                     }
                 }
-                PreemptCause::Critical { job } => {
+                PreemptCause::Critical { job } | PreemptCause::Outbid { job } => {
                     assert!(
                         waiting_jobs.contains(job),
-                        "critical preemption for {job}, which no longer waits"
+                        "preemption for {job}, which no longer waits"
                     );
                 }
             }
@@ -641,6 +649,33 @@ impl World {
             if host.is_some() && spec.tier == Tier::Flex {
                 *team_flex.entry(spec.team.clone()).or_default() += spec.request.cpu_millis;
             }
+        }
+        // A gang is stopped whole: if any member is stopping for a preemption
+        // or a restart, no other live member still runs.
+        for job in s.job_ids() {
+            let spec = s.job_spec(job).unwrap();
+            if !spec.gang {
+                continue;
+            }
+            let states: Vec<TaskState> = (0..spec.n_tasks)
+                .map(|i| s.task(TaskId::new(job, i)).unwrap().state)
+                .collect();
+            let stopping = states.iter().any(|st| {
+                matches!(
+                    st,
+                    TaskState::Stopping {
+                        cause: StopCause::Preempt | StopCause::Restart,
+                        ..
+                    }
+                )
+            });
+            let running = states
+                .iter()
+                .any(|st| matches!(st, TaskState::Assigned { .. } | TaskState::Running { .. }));
+            assert!(
+                !(stopping && running),
+                "gang {job} partly stopped: {states:?}"
+            );
         }
         // Team caps hold (t1: 12 vCPU of flex), gangs included.
         assert!(

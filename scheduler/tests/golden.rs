@@ -11,7 +11,8 @@
 //! at = 5              #   round = "name", submit = JobSpec, host_added = HostSpec,
 //! round = "first"     #   host_draining / host_activated / host_lost = "host id",
 //!                     #   task_started / task_finished / task_failed /
-//!                     #   task_killed = { job = 1, index = 0 }, job_killed = 1
+//!                     #   task_stopped / task_killed = { job = 1, index = 0 },
+//!                     #   job_killed = 1
 //! # ---- expected ... ----
 //! [[expect]]          # one per round step, in order
 //! round = "first"
@@ -67,6 +68,7 @@ struct Step {
     task_started: Option<TaskId>,
     task_finished: Option<TaskId>,
     task_failed: Option<TaskId>,
+    task_stopped: Option<TaskId>,
     task_killed: Option<TaskId>,
     job_killed: Option<u64>,
 }
@@ -150,6 +152,9 @@ fn play(sc: &Scenario, file: &str) -> Vec<Expect> {
         }
         if let Some(task) = step.task_failed {
             once(s.handle_task_failed(now, common::run(&s, task)));
+        }
+        if let Some(task) = step.task_stopped {
+            once(s.handle_task_stopped(now, common::run(&s, task)));
         }
         if let Some(task) = step.task_killed {
             once(s.handle_task_killed(now, task));

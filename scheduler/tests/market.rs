@@ -76,7 +76,7 @@ fn supply_is_reserved_minus_streaming_minus_headroom_and_limits_leases() {
     let reasons = s.task(task(1, 5)).unwrap().pending_reasons.unwrap();
     assert_eq!(
         reasons.to_string(),
-        "insufficient cpu on 4 hosts, pool supply exhausted on 2 hosts"
+        "insufficient cpu on 4 hosts, pool use1a supply exhausted on 2 hosts"
     );
     assert!(reasons.resolvable_by_preemption());
 }
@@ -309,8 +309,8 @@ fn clearing_price_is_the_highest_losing_bid_or_the_floor() {
     );
     assert_eq!(
         price(&plan, "usw2a"),
-        Price::new(2.0).unwrap(),
-        "usw2a has no hosts to lease: contended too"
+        Price::new(0.1).unwrap(),
+        "no job lost in usw2a: its price comes from its own losers, so the floor"
     );
     assert_eq!(pool(&s, "use1a").clearing_price, Price::new(2.0).unwrap());
 
@@ -681,4 +681,286 @@ fn a_reservation_counts_only_during_its_term_and_poll_timeout_names_the_boundari
         usw2a.reserved,
         IeMs(4 * 1_000_000 * u128::from(HOUR) + 10 * 1_000_000)
     );
+}
+
+/// Three regions, one pool each, 10 × m5.16xlarge (10 IE) reserved and one
+/// 1-IE host per pool; streaming 4, 6 and 2 IE; `daily` scaling headroom.
+fn three_regions(daily: f64) -> Scheduler {
+    let mut s = Scheduler::new(SchedulerConfig::default());
+    for (pool, region, demand) in [("a", "ra", 4), ("b", "rb", 6), ("c", "rc", 2)] {
+        let spec = PoolSpec {
+            id: PoolId::from(pool),
+            region: region.into(),
+            headroom: HeadroomPolicy {
+                daily_scaling_fraction: daily,
+                ..HeadroomPolicy::default()
+            },
+        };
+        s.handle_pool_configured(t(0), spec).unwrap();
+        s.handle_reservations(
+            t(0),
+            &PoolId::from(pool),
+            vec![Reservation::new("m5.16xlarge", 10)],
+        )
+        .unwrap();
+        s.handle_streaming_demand(t(0), &PoolId::from(pool), Ie::from_whole(demand))
+            .unwrap();
+        let mut h = host(&format!("h-{pool}"), region, 64, 256);
+        h.pool = PoolId::from(pool);
+        h.region = region.into();
+        h.instance_type = "m5.16xlarge".into();
+        s.handle_host_added(t(0), h).unwrap();
+    }
+    s
+}
+
+#[test]
+fn the_failover_buffer_is_the_largest_inflow_one_region_could_send() {
+    let s = three_regions(0.0);
+    // Each region's pool holds a third of the reserved IE, so when one region
+    // fails each of the two survivors takes half its traffic.
+    // a: max(b's 6, c's 2) / 2 = 3; b: max(4, 2) / 2 = 2; c: max(4, 6) / 2 = 3.
+    let cases = [
+        ("a", 3, 10 - 4 - 3),
+        ("b", 2, 10 - 6 - 2),
+        ("c", 3, 10 - 2 - 3),
+    ];
+    for (p, buffer, supply) in cases {
+        let st = pool(&s, p);
+        assert_eq!(st.headroom, Ie::from_whole(buffer), "{p}: buffer");
+        assert_eq!(st.supply, Ie::from_whole(supply), "{p}: supply");
+    }
+}
+
+#[test]
+fn a_failover_moves_traffic_and_never_raises_a_survivors_supply() {
+    let mut s = three_regions(0.1);
+    // Before: a's supply = 10 − 4 − 0.4 − 3 = 2.6; c's = 10 − 2 − 0.2 − 3 = 4.8.
+    assert_eq!(pool(&s, "a").supply, Ie::from_f64(2.6));
+    assert_eq!(pool(&s, "c").supply, Ie::from_f64(4.8));
+    s.handle_failover(t(1), "rb", true).unwrap();
+    // b's 6 IE move: 3 to a, 3 to c, consuming their buffers (3 each).
+    let a = pool(&s, "a");
+    assert_eq!(
+        (a.streaming, a.headroom),
+        (Ie::from_whole(7), Ie::from_f64(0.7))
+    );
+    assert_eq!(
+        a.supply,
+        Ie::from_f64(2.3),
+        "down by the daily share of the inflow"
+    );
+    let c = pool(&s, "c");
+    assert_eq!(
+        (c.streaming, c.headroom),
+        (Ie::from_whole(5), Ie::from_f64(0.5))
+    );
+    assert_eq!(c.supply, Ie::from_f64(4.5));
+    // b carries no traffic now, and takes no new flex lease.
+    let b = pool(&s, "b");
+    assert_eq!((b.streaming, b.headroom), (Ie::ZERO, Ie::ZERO));
+    let mut j = job(1, "enc", Tier::Flex, 1, 1000, 1024);
+    j.hard_constraints.push(Constraint::AttributeEquals {
+        key: "pool".into(),
+        value: "b".into(),
+    });
+    s.handle_job_submitted(t(2), j).unwrap();
+    let plan = round(&mut s, t(3));
+    assert!(plan.assignments.is_empty());
+    assert_eq!(
+        plan.unplaced[0].reasons.to_string(),
+        "attribute `pool` constraint on 2 hosts, pool b is in a failed-over region on 1 host"
+    );
+    // Failback: every figure returns.
+    s.handle_failover(t(4), "rb", false).unwrap();
+    assert_eq!(pool(&s, "a").supply, Ie::from_f64(2.6));
+    assert_eq!(pool(&s, "b").streaming, Ie::from_whole(6));
+    // A smaller region failing sends less than the buffer holds: the rest
+    // of the buffer stays. c's 2 IE: 1 to a, whose buffer keeps 3 − 1 = 2,
+    // so a's supply = 10 − 5 − 0.5 − 2 = 2.5.
+    s.handle_failover(t(5), "rc", true).unwrap();
+    let a = pool(&s, "a");
+    assert_eq!(
+        (a.streaming, a.headroom),
+        (Ie::from_whole(5), Ie::from_f64(2.5))
+    );
+    assert_eq!(a.supply, Ie::from_f64(2.5));
+}
+
+#[test]
+fn a_higher_bid_is_served_first_whatever_the_team_and_pays_the_losing_bid() {
+    let mut config = SchedulerConfig::default();
+    config.market.bid_preemption_margin = None;
+    let mut s = market(config);
+    // use1a has 4.5 IE of supply: four whole hosts. Team "low" bids 1.0 and
+    // holds the smaller share; team "high" bids 5.0. DRF alone would serve
+    // "low" first; the market serves the higher bid first.
+    s.handle_job_submitted(t(0), whole_host_job(1, "low", 3, 1.0))
+        .unwrap();
+    s.handle_job_submitted(t(0), whole_host_job(2, "high", 3, 5.0))
+        .unwrap();
+    let plan = round(&mut s, t(0));
+    let placed = |job: u64| {
+        plan.assignments
+            .iter()
+            .filter(|a| a.run.task.job.0 == job)
+            .count()
+    };
+    assert_eq!((placed(1), placed(2)), (1, 3));
+    let price = plan
+        .prices
+        .iter()
+        .find(|(p, _)| p.as_str() == "use1a")
+        .unwrap()
+        .1;
+    assert_eq!(
+        price,
+        Price::new(1.0).unwrap(),
+        "the highest losing bid in use1a"
+    );
+    // An hour later: "high" holds 3 IE-hours at 1.0, "low" 1 IE-hour at 1.0.
+    let ledger = s.ledger(t(HOUR));
+    let charges = |team: &str| {
+        ledger
+            .iter()
+            .find(|e| e.team.as_str() == team)
+            .unwrap()
+            .charges
+    };
+    assert_eq!(charges("high"), Money::from_micros(3_000_000));
+    assert_eq!(charges("low"), Money::from_micros(1_000_000));
+}
+
+#[test]
+fn a_lease_is_never_charged_more_than_its_own_bid() {
+    let mut config = SchedulerConfig::default();
+    config.market.bid_preemption_margin = None;
+    let mut s = market(config);
+    s.handle_job_submitted(t(0), whole_host_job(1, "early", 4, 1.0))
+        .unwrap();
+    round(&mut s, t(0));
+    // A higher bid arrives when the pool is full: it loses, and the price
+    // rises to 3.0, but the early job's leases keep paying its bid of 1.0.
+    s.handle_job_submitted(t(1), whole_host_job(2, "late", 1, 3.0))
+        .unwrap();
+    let plan = round(&mut s, t(1));
+    let price = plan
+        .prices
+        .iter()
+        .find(|(p, _)| p.as_str() == "use1a")
+        .unwrap()
+        .1;
+    assert_eq!(price, Price::new(3.0).unwrap());
+    let early = s
+        .ledger(t(1 + HOUR))
+        .into_iter()
+        .find(|e| e.team.as_str() == "early")
+        .unwrap();
+    // 4 IE for an hour at 1.0 (and 1 ms at the floor, 0).
+    assert_eq!(early.charges, Money::from_micros(4_000_000));
+}
+
+#[test]
+fn a_much_higher_bid_displaces_cheaper_work_and_a_close_one_does_not() {
+    let mut s = market(SchedulerConfig::default());
+    s.handle_job_submitted(t(0), whole_host_job(1, "batch", 4, 1.0))
+        .unwrap();
+    round(&mut s, t(0));
+    drain(&mut s);
+    // 1.4 is within the 50% margin of 1.0: nothing is displaced.
+    s.handle_job_submitted(t(1), whole_host_job(2, "close", 1, 1.4))
+        .unwrap();
+    assert!(round(&mut s, t(1)).preemptions.is_empty());
+    // 2.0 is more than 1.5 × 1.0: one victim host's worth is displaced.
+    s.handle_job_submitted(t(2), whole_host_job(3, "urgent", 1, 2.0))
+        .unwrap();
+    let plan = round(&mut s, t(2));
+    assert_eq!(plan.preemptions.len(), 1);
+    assert_eq!(
+        plan.preemptions[0].cause,
+        PreemptCause::Outbid { job: JobId(3) }
+    );
+    assert_eq!(plan.preemptions[0].run.task.job, JobId(1));
+    // Once it stops, the higher bid takes its place.
+    for a in drain(&mut s) {
+        if let Action::Stop { run, .. } = a {
+            s.handle_task_stopped(t(3), run).unwrap();
+        }
+    }
+    let plan = round(&mut s, t(4));
+    assert_eq!(
+        plan.assignments
+            .iter()
+            .map(|a| a.run.task.job.0)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+}
+
+#[test]
+fn a_gang_is_preempted_and_restarted_whole() {
+    let mut s = market(SchedulerConfig::default());
+    let mut gang = whole_host_job(1, "ml", 3, 0.5);
+    gang.gang = true;
+    s.handle_job_submitted(t(0), gang).unwrap();
+    s.handle_job_submitted(t(0), whole_host_job(2, "enc", 1, 1.0))
+        .unwrap();
+    round(&mut s, t(0));
+    drain(&mut s);
+    // Supply falls to 2.3 IE: two of the four leases must go. The cheapest
+    // host holds a gang member, so the gang goes whole (three hosts).
+    s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_whole(7))
+        .unwrap();
+    let plan = round(&mut s, t(HOUR));
+    let mut victims: Vec<u64> = plan.preemptions.iter().map(|p| p.run.task.job.0).collect();
+    victims.sort();
+    assert_eq!(
+        victims,
+        vec![1, 1, 1],
+        "the whole gang, and not the 1.0 bid"
+    );
+    let stopping = (0..3)
+        .filter(|&i| {
+            matches!(
+                s.task(task(1, i)).unwrap().state,
+                TaskState::Stopping { .. }
+            )
+        })
+        .count();
+    assert_eq!(stopping, 3);
+    // A member lost on its own restarts the rest of its gang.
+    for a in drain(&mut s) {
+        if let Action::Stop { run, .. } = a {
+            s.handle_task_stopped(t(HOUR + 1), run).unwrap();
+        }
+    }
+    s.handle_streaming_demand(t(HOUR + 2), &PoolId::from("use1a"), Ie::from_whole(1))
+        .unwrap();
+    round(&mut s, t(HOUR + 3));
+    drain(&mut s);
+    let first = run(&s, task(1, 0));
+    s.handle_task_lost(t(HOUR + 4), first).unwrap();
+    let actions = drain(&mut s);
+    let restarts = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Stop {
+                    cause: StopCause::Restart,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(restarts, 2, "{actions:?}");
+    // Until the two are stopped, the gang waits whole.
+    let plan = round(&mut s, t(HOUR + 5));
+    let reasons = &plan
+        .unplaced
+        .iter()
+        .find(|u| u.job == JobId(1))
+        .unwrap()
+        .reasons;
+    assert_eq!(reasons.to_string(), "gang waits for 2 members still busy");
 }

@@ -165,7 +165,13 @@ impl Run {
                 let tier = if g.flex { Tier::Flex } else { Tier::Critical };
                 let mut j = job(
                     self.next_job,
-                    if g.flex { "batch" } else { "streaming" },
+                    // One flex team per bid, so each team's charges can be
+                    // checked against its one bid.
+                    &if g.flex {
+                        format!("bid{}", g.bid)
+                    } else {
+                        "streaming".to_owned()
+                    },
                     tier,
                     g.n,
                     g.vcpus * 1000,
@@ -188,8 +194,24 @@ impl Run {
                     .unwrap();
             }
             Step::Failover { region: r, active } => {
+                let before = self.s.pools();
                 // Regions without pools are refused; that is fine here.
                 if self.s.handle_failover(now, &region(*r), *active).is_ok() {
+                    if *active {
+                        // A failover never raises a surviving pool's supply.
+                        for (b, a) in before.iter().zip(self.s.pools()) {
+                            if b.region != region(*r) {
+                                assert!(
+                                    a.supply <= b.supply,
+                                    "{} supply rose at the failover of {}: {} -> {}",
+                                    a.pool,
+                                    region(*r),
+                                    b.supply,
+                                    a.supply
+                                );
+                            }
+                        }
+                    }
                     if *active {
                         self.failed_over.insert(*r);
                     } else {
@@ -245,6 +267,48 @@ impl Run {
                 "critical task {} chosen as a victim",
                 p.run.task
             );
+        }
+        // Each pool's price is never above the bid of a job the round placed
+        // there by taking a new lease (the first placement on a host without
+        // flex work): the market serves higher bids first, so every job that
+        // lost for lack of that pool's supply bid no more.
+        let mut leased_now: std::collections::BTreeSet<HostId> = Default::default();
+        for a in &plan.assignments {
+            let spec = self.s.job_spec(a.run.task.job).unwrap();
+            let host = self.s.host(&a.host).unwrap();
+            if spec.tier != Tier::Flex
+                || host.n_flex_tasks() > 0
+                || !leased_now.insert(a.host.clone())
+            {
+                continue;
+            }
+            let pool = &host.spec().pool;
+            // Where hosts differ in size, a loser can be refused a big host
+            // that a smaller job's small host would not have served it
+            // anyway; only in a pool of one host type does every loser
+            // compete for the same leases.
+            let types: std::collections::BTreeSet<&str> = self
+                .s
+                .hosts()
+                .filter(|h| &h.spec().pool == pool)
+                .map(|h| h.spec().instance_type.as_str())
+                .collect();
+            if types.len() > 1 {
+                continue;
+            }
+            let price = plan.prices.iter().find(|(p, _)| p == pool).map(|(_, p)| *p);
+            if let (Some(price), Tier::Flex) = (price, spec.tier) {
+                assert!(
+                    price
+                        <= spec
+                            .bid
+                            .unwrap_or(Price::ZERO)
+                            .max(self.s.config().market.floor_price),
+                    "{pool} priced {price} above winner {}'s bid {:?}",
+                    a.run.task,
+                    spec.bid
+                );
+            }
         }
         let preemptions = plan.preemptions.clone();
         let report = self.s.commit(t(now), plan).unwrap();
@@ -334,6 +398,21 @@ impl Run {
     }
 
     fn check_totals(&self) {
+        // A lease is never charged more than its own bid: each flex team
+        // bids one price, so its charges are at most its IE-hours at that bid.
+        for e in self.s.ledger(t(self.now)) {
+            if let Some(bid) = e.team.as_str().strip_prefix("bid") {
+                let bid_micros: u128 = bid.parse::<u128>().unwrap() * 1_000_000;
+                let cap = e.held.0 * bid_micros / (1_000_000 * 3_600_000);
+                assert!(
+                    u128::from(e.charges.as_micros()) <= cap,
+                    "team {} charged {} for {} IE-h at bid {bid}",
+                    e.team,
+                    e.charges,
+                    e.leased_ie_hours()
+                );
+            }
+        }
         for p in self.s.pool_totals(t(self.now)) {
             let parts = p.streaming.0 + p.headroom.0 + p.leased.0 + p.idle.0;
             assert_eq!(parts, p.reserved.0, "the parts add up exactly: {p:?}");
@@ -366,5 +445,51 @@ proptest! {
             run.apply(step, pools.len());
         }
         run.round();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Over random regions, reservations, demands and headroom policies, and
+    /// any order of failing regions over and back: no surviving pool's supply
+    /// rises when a region fails over, and every figure returns at failback.
+    #[test]
+    fn a_failover_never_raises_a_survivors_supply(
+        pools in prop::collection::vec((0..3usize, 0u32..30, 0u64..40, 0u32..30), 2..6),
+        order in prop::collection::vec(0..3usize, 1..4),
+    ) {
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        for (i, (r, reserved, demand_tenths, daily_pct)) in pools.iter().enumerate() {
+            let id = PoolId::from(format!("p{i}"));
+            s.handle_pool_configured(t(0), PoolSpec {
+                id: id.clone(),
+                region: region(*r),
+                headroom: HeadroomPolicy {
+                    daily_scaling_fraction: f64::from(*daily_pct) / 100.0,
+                    ..HeadroomPolicy::default()
+                },
+            }).unwrap();
+            s.handle_reservations(t(0), &id, vec![Reservation::new("m5.16xlarge", *reserved)]).unwrap();
+            s.handle_streaming_demand(t(0), &id, Ie::from_f64(*demand_tenths as f64 / 10.0)).unwrap();
+        }
+        let initial = s.pools();
+        let mut failed = std::collections::BTreeSet::new();
+        for (k, r) in order.iter().enumerate() {
+            let before = s.pools();
+            if s.handle_failover(t(1 + k as u64), &region(*r), true).is_err() {
+                continue;
+            }
+            failed.insert(region(*r));
+            for (b, a) in before.iter().zip(s.pools()) {
+                if !failed.contains(&a.region) {
+                    prop_assert!(a.supply <= b.supply, "{}: {} -> {} when {} failed", a.pool, b.supply, a.supply, region(*r));
+                }
+            }
+        }
+        for (k, r) in failed.iter().enumerate() {
+            s.handle_failover(t(10 + k as u64), r, false).unwrap();
+        }
+        prop_assert_eq!(s.pools(), initial);
     }
 }

@@ -989,6 +989,7 @@ fn cause_byte(c: StopCause) -> u8 {
     match c {
         StopCause::Kill => 1,
         StopCause::Preempt => 2,
+        StopCause::Restart => 3,
     }
 }
 

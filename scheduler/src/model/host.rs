@@ -9,6 +9,7 @@ use crate::model::ledger::held_ie;
 use crate::spec::host::{HostSpec, HostState};
 use crate::units::ids::{HostId, HostIdx, PoolIdx, TaskId, TeamIdx, ZoneIdx};
 use crate::units::ie::Ie;
+use crate::units::price::Price;
 use crate::units::resources::Resources;
 use crate::util::FxMap;
 
@@ -33,42 +34,46 @@ pub struct Host {
     pub(crate) pool: PoolIdx,
     /// Reclaim is emptying this host of flex work: no new flex tasks go here.
     pub(crate) reclaiming: bool,
-    /// Per team: the sum of the dominant shares (ppm) of its flex tasks
-    /// here, and how many there are, for the ledger's attribution (see
+    /// Per team and bid: the sum of the dominant shares (ppm) of its flex
+    /// tasks here, and how many there are, for the ledger's attribution (see
     /// [`crate::model::ledger`]).
-    pub(crate) flex_shares: Vec<(TeamIdx, u64, u32)>,
+    pub(crate) flex_shares: Vec<(ShareKey, u64, u32)>,
     /// Sum of `flex_shares`.
     pub(crate) flex_share_total: u64,
 }
 
+/// Whose share of a host: a team, at one bid (accounts accrue per bid, see
+/// [`crate::model::ledger::AccountKey`]).
+pub(crate) type ShareKey = (TeamIdx, Option<Price>);
+
 impl Host {
-    /// IE each team's flex tasks hold on this host.
-    pub(crate) fn holdings(&self) -> impl Iterator<Item = (TeamIdx, Ie)> + '_ {
+    /// IE each (team, bid) holds on this host.
+    pub(crate) fn holdings(&self) -> impl Iterator<Item = (ShareKey, Ie)> + '_ {
         self.flex_shares
             .iter()
-            .map(|&(t, share, _)| (t, held_ie(self.ie, share, self.flex_share_total)))
+            .map(|&(k, share, _)| (k, held_ie(self.ie, share, self.flex_share_total)))
     }
 
-    /// IE one team holds here.
-    pub(crate) fn holding_of(&self, team: TeamIdx) -> Ie {
+    /// IE one (team, bid) holds here.
+    pub(crate) fn holding_of(&self, key: ShareKey) -> Ie {
         self.flex_shares
             .iter()
-            .find(|(t, _, _)| *t == team)
+            .find(|(k, _, _)| *k == key)
             .map_or(Ie::ZERO, |&(_, share, _)| {
                 held_ie(self.ie, share, self.flex_share_total)
             })
     }
 
-    /// Adds (or removes) a flex task's share for `team`.
-    pub(crate) fn add_share(&mut self, team: TeamIdx, share: u64, add: bool) {
-        let pos = self.flex_shares.iter().position(|(t, _, _)| *t == team);
+    /// Adds (or removes) a flex task's share for `key`.
+    pub(crate) fn add_share(&mut self, key: ShareKey, share: u64, add: bool) {
+        let pos = self.flex_shares.iter().position(|(k, _, _)| *k == key);
         if add {
             match pos {
                 Some(i) => {
                     self.flex_shares[i].1 += share;
                     self.flex_shares[i].2 += 1;
                 }
-                None => self.flex_shares.push((team, share, 1)),
+                None => self.flex_shares.push((key, share, 1)),
             }
             self.flex_share_total += share;
         } else {

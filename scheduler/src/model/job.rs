@@ -18,9 +18,13 @@ use crate::util::FxMap;
 pub enum StopCause {
     /// Its owner killed it: it ends as killed.
     Kill,
-    /// The market reclaimed its capacity or a critical task needed the
-    /// room: it is requeued.
+    /// The market reclaimed its capacity, a critical task needed the room,
+    /// or a higher bid displaced it: it is requeued, counted as preempted.
     Preempt,
+    /// Another member of its gang was preempted, lost or failed: the gang
+    /// runs whole or not at all, so this member stops and the gang is
+    /// requeued together (not counted as a preemption of this member).
+    Restart,
 }
 
 /// Where a task is in its life.

@@ -207,32 +207,54 @@ fn split(s: PoolSnapshot) -> [u64; 7] {
     ]
 }
 
-/// Accounts per (team, pool) and per pool.
+/// An account: a team's holdings in a pool at one bid. A lease is never
+/// charged more than its own bid, so holdings at different bids accrue at
+/// different rates; [`Ledger::entries`] adds them up per team and pool.
+pub(crate) type AccountKey = (TeamIdx, PoolIdx, Option<Price>);
+
+/// What one IE-hour costs an account at the pool's clearing price: a job
+/// pays the clearing price but never more than its own bid; a job that did
+/// not bid pays the floor.
+pub(crate) fn charge_rate(price: Price, bid: Option<Price>, floor: Price) -> Price {
+    match bid {
+        Some(bid) => price.min(bid),
+        None => floor.min(price),
+    }
+}
+
+/// Accounts per (team, pool, bid) and per pool.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ledger {
-    pub(crate) accounts: FxMap<(TeamIdx, PoolIdx), Account>,
+    pub(crate) accounts: FxMap<AccountKey, Account>,
     pub(crate) pools: Vec<PoolAccount>,
+    /// The market's floor price, what jobs without a bid pay.
+    pub(crate) floor: Price,
 }
 
 impl Ledger {
-    /// Changes what a team holds in a pool, accruing the old holding first.
+    pub(crate) fn new(floor: Price) -> Ledger {
+        Ledger {
+            floor,
+            ..Ledger::default()
+        }
+    }
+
+    /// Changes what an account holds, accruing the old holding first at the
+    /// pool's current `price`.
     pub(crate) fn hold(
         &mut self,
         now: Timestamp,
-        team: TeamIdx,
-        pool: PoolIdx,
+        key: AccountKey,
         price: Price,
         ie: Ie,
         add: bool,
     ) {
-        let a = self
-            .accounts
-            .entry((team, pool))
-            .or_insert_with(|| Account {
-                last: now,
-                ..Account::default()
-            });
-        a.accrue(now, price);
+        let floor = self.floor;
+        let a = self.accounts.entry(key).or_insert_with(|| Account {
+            last: now,
+            ..Account::default()
+        });
+        a.accrue(now, charge_rate(price, key.2, floor));
         if add {
             a.held += ie;
         } else {
@@ -242,23 +264,17 @@ impl Ledger {
 
     /// Accrues every account of `pool` (before its price changes).
     pub(crate) fn accrue_pool_accounts(&mut self, now: Timestamp, pool: PoolIdx, price: Price) {
-        for ((_, p), a) in self.accounts.iter_mut() {
+        let floor = self.floor;
+        for ((_, p, bid), a) in self.accounts.iter_mut() {
             if *p == pool {
-                a.accrue(now, price);
+                a.accrue(now, charge_rate(price, *bid, floor));
             }
         }
     }
 
     /// Records a preemption: work lost since the victim's last checkpoint.
-    pub(crate) fn preempted(
-        &mut self,
-        team: TeamIdx,
-        pool: PoolIdx,
-        lost: Ie,
-        lost_ms: u64,
-        over_budget: bool,
-    ) {
-        let a = self.accounts.entry((team, pool)).or_default();
+    pub(crate) fn preempted(&mut self, key: AccountKey, lost: Ie, lost_ms: u64, over_budget: bool) {
+        let a = self.accounts.entry(key).or_default();
         a.lost_micro_ms += u128::from(lost.as_micro()) * u128::from(lost_ms);
         a.n_preemptions += 1;
         a.n_over_budget += u64::from(over_budget);
@@ -279,24 +295,33 @@ impl Ledger {
         self.pools[idx].accrue(now, snapshot);
     }
 
-    /// Team accounts as of `now` (without mutating).
+    /// Team accounts per pool as of `now` (without mutating), the accounts
+    /// at different bids added up.
     pub(crate) fn entries(
         &self,
         now: Timestamp,
         team_id: impl Fn(TeamIdx) -> TeamId,
         pool_id: impl Fn(PoolIdx) -> (PoolId, Price),
     ) -> Vec<LedgerEntry> {
-        let mut out: Vec<LedgerEntry> = self
-            .accounts
-            .iter()
-            .map(|(&(team, pool), a)| {
-                let (pool, price) = pool_id(pool);
-                let mut a = a.clone();
-                a.accrue(now.max(a.last), price);
+        let mut sums: FxMap<(TeamIdx, PoolIdx), Account> = FxMap::default();
+        for (&(team, pool, bid), a) in &self.accounts {
+            let (_, price) = pool_id(pool);
+            let mut a = a.clone();
+            a.accrue(now.max(a.last), charge_rate(price, bid, self.floor));
+            let s = sums.entry((team, pool)).or_default();
+            s.held_micro_ms += a.held_micro_ms;
+            s.charges_raw += a.charges_raw;
+            s.lost_micro_ms += a.lost_micro_ms;
+            s.n_preemptions += a.n_preemptions;
+            s.n_over_budget += a.n_over_budget;
+        }
+        let mut out: Vec<LedgerEntry> = sums
+            .into_iter()
+            .map(|((team, pool), a)| {
                 let micros = a.charges_raw / MICRO_IE_MS_PER_IE_HOUR;
                 LedgerEntry {
                     team: team_id(team),
-                    pool,
+                    pool: pool_id(pool).0,
                     held: IeMs(a.held_micro_ms),
                     charges: Money::from_micros(u64::try_from(micros).unwrap_or(u64::MAX)),
                     lost: IeMs(a.lost_micro_ms),
@@ -432,23 +457,53 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_is_never_charged_more_than_its_bid() {
+        let p = |x: f64| Price::new(x).unwrap();
+        let cases = [
+            (
+                "bid above the price pays the price",
+                p(2.0),
+                Some(p(3.0)),
+                p(0.5),
+                p(2.0),
+            ),
+            (
+                "bid below the price pays its bid",
+                p(2.0),
+                Some(p(1.0)),
+                p(0.5),
+                p(1.0),
+            ),
+            ("no bid pays the floor", p(2.0), None, p(0.5), p(0.5)),
+            (
+                "uncontended: the floor for all",
+                p(0.5),
+                Some(p(3.0)),
+                p(0.5),
+                p(0.5),
+            ),
+        ];
+        for (name, price, bid, floor, want) in cases {
+            assert_eq!(charge_rate(price, bid, floor), want, "{name}");
+        }
+    }
+
+    #[test]
     fn holdings_accrue_lazily_at_the_price_in_force() {
         let mut l = Ledger::default();
         let price = Price::new(2.0).unwrap();
         let hour = 3_600_000;
-        let (t0, p0) = (TeamIdx(0), PoolIdx(0));
+        let key = (TeamIdx(0), PoolIdx(0), Some(Price::new(5.0).unwrap()));
         l.hold(
             Timestamp::from_millis(0),
-            t0,
-            p0,
+            key,
             price,
             Ie::from_whole(3),
             true,
         );
         l.hold(
             Timestamp::from_millis(hour),
-            t0,
-            p0,
+            key,
             price,
             Ie::from_whole(1),
             false,

@@ -16,13 +16,14 @@
 //! A flex task may go to an unleased host only if the pool's supply covers
 //! that host's IE ([`PoolSupplyChecker`]). Critical tasks ignore supply.
 //!
-//! **Failover buffer.** With `N` regions, a pool keeps, by default, the
-//! average streaming demand of the other regions, `demand_elsewhere / (N−1)`,
-//! shared among the region's pools in proportion to their reserved IE: if any
-//! one other region fails, about that much traffic lands in this region.
-//! While a region is failed over, its demand is added to the other regions'
-//! streaming demand in the same proportions, and their failover buffer is in
-//! use (zero) rather than kept on top.
+//! **Failover buffer.** A pool keeps room for the largest inflow that the
+//! failure of any one other region would send it: when a region fails, its
+//! traffic is shared by every surviving pool in proportion to reserved IE.
+//! (The max over regions, not the sum of all the others over N−1, which is
+//! about twice too much with three similar regions.) While a region is failed
+//! over, its traffic *moves*: its own pools carry no demand, the survivors'
+//! demand rises by their inflow, and their buffer is consumed by exactly that
+//! inflow, so no survivor's supply rises at a failover.
 //!
 //! **Clearing price** (per pool, per round). When the pool is *contended* —
 //! a flex job went unplaced because supply ran out and the pool cannot lease
@@ -84,6 +85,7 @@ pub(crate) struct Market {
 
 impl Market {
     pub(crate) fn new(config: MarketConfig) -> Result<Market, InputError> {
+        let floor = config.floor_price;
         let catalog = Catalog::builtin()
             .with_overrides(&config.catalog_overrides, &config.reference_instance_type)?;
         Ok(Market {
@@ -93,7 +95,7 @@ impl Market {
             pool_by_id: FxMap::default(),
             failed_over: BTreeSet::new(),
             reserved_at: Timestamp::ZERO,
-            ledger: Ledger::default(),
+            ledger: Ledger::new(floor),
         })
     }
 
@@ -131,69 +133,92 @@ impl Market {
             .collect()
     }
 
-    fn region_totals(&self, region: &str) -> (Ie, Ie) {
-        let mut reserved = Ie::ZERO;
-        let mut streaming = Ie::ZERO;
-        for p in &self.pools {
-            if p.spec.as_ref().is_some_and(|s| s.region == region) {
-                reserved += p.reserved;
-                streaming += p.streaming;
-            }
-        }
-        (reserved, streaming)
+    /// Streaming demand reported by a region's pools.
+    fn region_demand(&self, region: &str) -> Ie {
+        self.pools
+            .iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.region == region))
+            .map(|p| p.streaming)
+            .sum()
     }
 
-    /// The pool's share of its region's reserved IE (equal shares if nothing is reserved).
-    fn share_of_region(&self, pool: &PoolState, region: &str) -> f64 {
-        let (reserved, _) = self.region_totals(region);
-        if reserved == Ie::ZERO {
-            let n = self
-                .pools
-                .iter()
-                .filter(|p| p.spec.as_ref().is_some_and(|s| s.region == region))
-                .count();
-            return 1.0 / n.max(1) as f64;
+    /// The part of `demand` (the traffic of the regions in `failed`) that
+    /// lands in pool `p` when those regions fail over: the surviving pools
+    /// take it in proportion to their reserved IE (equally if none has any).
+    /// Exact: integer micro-IE, rounded down.
+    fn inflow(&self, p: PoolIdx, failed: &BTreeSet<&str>, demand: Ie) -> Ie {
+        let survives = |q: &PoolState| {
+            q.spec
+                .as_ref()
+                .is_some_and(|s| !failed.contains(s.region.as_str()))
+        };
+        let pool = &self.pools[p.get()];
+        if !survives(pool) || demand == Ie::ZERO {
+            return Ie::ZERO;
         }
-        pool.reserved.as_f64() / reserved.as_f64()
+        let (mut total, mut n) = (0u128, 0u128);
+        for q in self.pools.iter().filter(|q| survives(q)) {
+            total += u128::from(q.reserved.as_micro());
+            n += 1;
+        }
+        let d = u128::from(demand.as_micro());
+        // Equal shares when nothing is reserved among the survivors.
+        let micro = (d * u128::from(pool.reserved.as_micro()))
+            .checked_div(total)
+            .unwrap_or(d / n);
+        Ie::from_micro(micro as u64)
+    }
+
+    /// True if the pool's region is failed over (its traffic moved away).
+    pub(crate) fn is_evacuated(&self, p: PoolIdx) -> bool {
+        self.pools[p.get()]
+            .spec
+            .as_ref()
+            .is_some_and(|s| self.failed_over.contains(&s.region))
     }
 
     /// (effective streaming demand, headroom) of a configured pool right now.
+    ///
+    /// - A pool keeps a failover buffer for the largest inflow that the
+    ///   failure of any *one* other region would send it (see
+    ///   [`Market::inflow`]), times the headroom policy's multiplier, or the
+    ///   policy's fixed buffer.
+    /// - While regions are failed over, their traffic *moves*: their pools
+    ///   carry no streaming demand (and keep no headroom), each surviving
+    ///   pool's demand rises by its inflow, and its buffer is consumed by
+    ///   exactly that inflow. So a failover never raises a survivor's
+    ///   supply: it falls by the daily-scaling share of the inflow, and by
+    ///   more if the inflow exceeds the buffer.
     pub(crate) fn demand_and_headroom(&self, idx: PoolIdx) -> (Ie, Ie) {
         let pool = &self.pools[idx.get()];
         let Some(spec) = &pool.spec else {
             return (Ie::ZERO, Ie::ZERO);
         };
-        let regions = self.regions();
-        let n_regions = regions.len();
-        let share = self.share_of_region(pool, &spec.region);
-        let mut streaming = pool.streaming;
-        // Traffic of failed-over regions spreads over the regions still serving.
-        let n_serving = regions
-            .iter()
-            .filter(|r| !self.failed_over.contains(**r))
-            .count();
-        if !self.failed_over.contains(&spec.region) && n_serving > 0 {
-            for failed in &self.failed_over {
-                let (_, failed_demand) = self.region_totals(failed);
-                streaming += failed_demand.scale(share / n_serving as f64);
-            }
+        if self.failed_over.contains(&spec.region) {
+            return (Ie::ZERO, Ie::ZERO);
         }
+        let failed: BTreeSet<&str> = self.failed_over.iter().map(String::as_str).collect();
+        let inflow_now: Ie = failed
+            .iter()
+            .map(|x| self.inflow(idx, &failed, self.region_demand(x)))
+            .sum();
+        let streaming = pool.streaming + inflow_now;
         let daily = streaming.scale(spec.headroom.daily_scaling_fraction);
-        let failover = if !self.failed_over.is_empty() {
-            Ie::ZERO // the buffer is in use
-        } else if let Some(fixed) = spec.headroom.failover_fixed {
-            fixed
-        } else if n_regions > 1 {
-            let elsewhere: Ie = regions
-                .iter()
-                .filter(|r| **r != spec.region)
-                .map(|r| self.region_totals(r).1)
-                .sum();
-            elsewhere.scale(spec.headroom.failover_multiplier * share / (n_regions - 1) as f64)
-        } else {
-            Ie::ZERO
+        let buffer = match spec.headroom.failover_fixed {
+            Some(fixed) => fixed,
+            None => self
+                .regions()
+                .into_iter()
+                .filter(|r| *r != spec.region)
+                .map(|r| {
+                    let one: BTreeSet<&str> = [r].into_iter().collect();
+                    self.inflow(idx, &one, self.region_demand(r))
+                })
+                .max()
+                .unwrap_or(Ie::ZERO)
+                .scale(spec.headroom.failover_multiplier),
         };
-        (streaming, daily + failover)
+        (streaming, daily + buffer.saturating_sub(inflow_now))
     }
 
     /// Refreshes every pool's effective streaming demand, headroom and supply
@@ -223,6 +248,9 @@ impl Market {
         let Some(p) = self.pools.get(pool.get()) else {
             return true;
         };
+        if self.is_evacuated(pool) && !self.config.lease_in_evacuated_regions {
+            return false;
+        }
         match (p.supply, p.min_host_ie) {
             (None, _) => true,
             (Some(supply), Some(min_ie)) => leased <= supply && leased + min_ie <= supply,

@@ -222,7 +222,7 @@ impl State {
         let old_part = host.index_part();
         let indexed = host.state == HostState::Active;
         let was_leased = host.n_flex_tasks > 0;
-        let held_before: Vec<(TeamIdx, crate::units::ie::Ie)> = host.holdings().collect();
+        let held_before: Vec<(host::ShareKey, crate::units::ie::Ie)> = host.holdings().collect();
         for &task in tasks {
             let job = self.jobs.get_mut(&task.job).expect("charged job exists");
             let host = &mut self.hosts[host_idx];
@@ -264,7 +264,7 @@ impl State {
                     host.n_flex_tasks.checked_sub(1).expect("flex count")
                 };
                 let share = dominant_ppm(request, &host.spec.capacity);
-                host.add_share(job.team, share, add);
+                host.add_share((job.team, job.spec.bid), share, add);
             }
             if job.tracks_placement {
                 let zone = host.zone.get();
@@ -293,25 +293,24 @@ impl State {
         // A task arriving or leaving changes the holdings of every team on
         // the host (they share it by dominant shares): move each by its change.
         let price = self.market.pools[host.pool.get()].clearing_price;
-        let mut teams: Vec<TeamIdx> = held_before.iter().map(|(t, _)| *t).collect();
-        teams.extend(host.flex_shares.iter().map(|(t, _, _)| *t));
-        teams.sort_unstable();
-        teams.dedup();
-        for team in teams {
+        let mut keys: Vec<host::ShareKey> = held_before.iter().map(|(k, _)| *k).collect();
+        keys.extend(host.flex_shares.iter().map(|(k, _, _)| *k));
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
             let before = held_before
                 .iter()
-                .find(|(t, _)| *t == team)
+                .find(|(k, _)| *k == key)
                 .map_or(crate::units::ie::Ie::ZERO, |(_, ie)| *ie);
-            let after = host.holding_of(team);
+            let after = host.holding_of(key);
             if after != before {
                 let (diff, add) = if after > before {
                     (after - before, true)
                 } else {
                     (before - after, false)
                 };
-                self.market
-                    .ledger
-                    .hold(now, team, host.pool, price, diff, add);
+                let account = (key.0, host.pool, key.1);
+                self.market.ledger.hold(now, account, price, diff, add);
             }
         }
         let (pool, ie, rank, has_gpus) = (host.pool, host.ie, host.rank, host.has_gpus());
@@ -389,12 +388,11 @@ impl State {
         }
         // Ledger holdings: each account holds what its team's tasks hold on
         // the pool's hosts, and no pool's holdings exceed its leases.
-        let mut held: FxMap<(TeamIdx, crate::units::ids::PoolIdx), crate::units::ie::Ie> =
-            FxMap::default();
+        let mut held: FxMap<ledger::AccountKey, crate::units::ie::Ie> = FxMap::default();
         let mut pool_held = vec![crate::units::ie::Ie::ZERO; self.market.pools.len()];
         for (_, host) in self.hosts.iter() {
-            for (team, ie) in host.holdings() {
-                *held.entry((team, host.pool)).or_default() += ie;
+            for ((team, bid), ie) in host.holdings() {
+                *held.entry((team, host.pool, bid)).or_default() += ie;
                 pool_held[host.pool.get()] += ie;
             }
         }

@@ -35,6 +35,11 @@ pub(crate) struct JobRank {
 }
 
 impl JobRank {
+    /// The job's bid (zero if it did not bid).
+    pub(crate) fn bid(&self) -> Price {
+        self.bid.0
+    }
+
     pub(crate) fn of(spec: &JobSpec, submit_time: Timestamp) -> Self {
         JobRank {
             bid: Reverse(spec.bid.unwrap_or(Price::ZERO)),
@@ -45,12 +50,15 @@ impl JobRank {
     }
 }
 
-/// A team's position within a tier for one pick: teams below their
-/// guarantee first, then lowest weighted dominant share, then team name.
-/// Smaller is served first. The name (not the arrival order) breaks ties so
-/// that a core restored from an unordered store serves teams in the same order.
+/// A team's position within a tier for one pick: in the flex tier the
+/// highest bid of its next job first; then teams below their guarantee,
+/// then lowest weighted dominant share, then team name. Smaller is served
+/// first. The name (not the arrival order) breaks ties so that a core
+/// restored from an unordered store serves teams in the same order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct TeamRank {
+    /// The bid of the team's next job (zero in the critical tier).
+    pub(crate) bid: Reverse<Price>,
     pub(crate) at_or_above_guarantee: bool,
     /// Dominant share in parts per million, divided by the team's weight.
     pub(crate) weighted_share: u64,

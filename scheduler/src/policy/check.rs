@@ -155,21 +155,28 @@ impl FeasibilityChecker for PoolSupplyChecker {
         if job.spec.tier != Tier::Flex {
             return Ok(());
         }
+        let market = &view.state.market;
+        let pool = &market.pools[host.pool.get()];
+        let supply_short = || Err(Reason::PoolSupply(pool.id.clone()));
         if view.reclaiming(h) {
-            return Err(Reason::PoolSupply);
+            return supply_short();
         }
-        let pool = &view.state.market.pools[host.pool.get()];
         let Some(supply) = pool.supply else {
             return Ok(());
         };
         let leased = view.leased(host.pool);
+        // An unleased host needs supply for its whole IE.
+        let needs_lease = view.n_flex(h) == 0;
+        if needs_lease
+            && market.is_evacuated(host.pool)
+            && !market.config.lease_in_evacuated_regions
+        {
+            return Err(Reason::RegionEvacuated(pool.id.clone()));
+        }
         // Over supply, reclaim is under way: more flex work anywhere in the
         // pool would only eat further into headroom and be preempted.
-        let over_supply = leased > supply;
-        // An unleased host needs supply for its whole IE.
-        let needs_lease = view.n_flex(h) == 0 && leased + host.ie > supply;
-        if over_supply || needs_lease {
-            Err(Reason::PoolSupply)
+        if leased > supply || (needs_lease && leased + host.ie > supply) {
+            supply_short()
         } else {
             Ok(())
         }

@@ -51,6 +51,12 @@ pub enum PreemptCause {
         /// The critical job.
         job: JobId,
     },
+    /// A flex job bidding well above the victims' bids needed the room in
+    /// a pool whose supply ran out.
+    Outbid {
+        /// The higher-bidding job.
+        job: JobId,
+    },
 }
 
 /// A planned preemption.
@@ -230,21 +236,22 @@ impl RoundVictims {
         }
     }
 
+    /// Chooses every task of `set` (each on its own host) as a victim.
     fn take(
         &mut self,
         view: &View<'_>,
         set: &VictimSet,
-        h: HostIdx,
         now: Timestamp,
         cause: &PreemptCause,
         emergency: bool,
     ) -> Vec<Preemption> {
         let state = view.state;
-        let host = &state.hosts[h];
         let grace = state.market.config.preempt_grace;
         let mut out = Vec::with_capacity(set.tasks.len());
         for &task in &set.tasks {
             let job = &state.jobs[&task.job];
+            let t = &job.tasks[task.index as usize];
+            let h = t.phase.host().expect("a victim is placed");
             let used = self.per_job.get(&task.job).copied().unwrap_or(0);
             let over_budget = budget_room(job, now, used) == Some(0);
             *self.per_job.entry(task.job).or_default() += 1;
@@ -255,8 +262,8 @@ impl RoundVictims {
                 .checked_add_assign(&job.spec.request)
                 .expect("freed fits the host");
             out.push(Preemption {
-                run: task.run(job.tasks[task.index as usize].attempt),
-                host: host.spec.id.clone(),
+                run: task.run(t.attempt),
+                host: state.hosts[h].spec.id.clone(),
                 grace,
                 cause: cause.clone(),
                 emergency,
@@ -283,7 +290,35 @@ pub(crate) fn projected_leases(view: &View<'_>, pool_idx: PoolIdx) -> crate::uni
     projected
 }
 
-/// Chooses hosts to release so that `pool`'s leases fit its supply.
+/// The victim set that preempting the flex tasks of `tasks` really stops:
+/// each of them, and every other live member of the gangs among them (a
+/// gang is preempted whole). In the order given, each task once.
+fn expand_gangs(view: &View<'_>, tasks: impl Iterator<Item = TaskId>, now: Timestamp) -> VictimSet {
+    let state = view.state;
+    let mut set = VictimSet::default();
+    let mut seen: FxSet<TaskId> = FxSet::default();
+    for t in tasks {
+        let job = &state.jobs[&t.job];
+        let members: Vec<TaskId> = if job.spec.gang {
+            (0..job.tasks.len() as u32)
+                .map(|i| TaskId::new(t.job, i))
+                .filter(|m| *m == t || is_preemptible(job, *m))
+                .collect()
+        } else {
+            vec![t]
+        };
+        for m in members {
+            if seen.insert(m) {
+                set.add(job, m, now);
+            }
+        }
+    }
+    set
+}
+
+/// Chooses hosts to release so that `pool`'s leases fit its supply. A gang
+/// with a member on a chosen host is preempted whole, and counts as one
+/// victim set with its other members; hosts that set empties are released too.
 pub(crate) fn plan_reclaim(
     view: &View<'_>,
     now: Timestamp,
@@ -300,11 +335,14 @@ pub(crate) fn plan_reclaim(
         return Vec::new();
     }
     // Leases already on their way out (every flex task stopping, or the host
-    // being reclaimed) do not need reclaiming again.
+    // being reclaimed, or emptied by victims this round) need no reclaiming.
     let mut projected = view.leased(pool_idx);
     let policy = market.config.victim_policy;
-    // Rank hosts by their victims' facts alone (one pass, no allocation);
-    // victim lists are built only for the hosts the greedy pass looks at.
+    let emptied = |round: &RoundVictims, h: HostIdx| {
+        preemptible_tasks(view, h).all(|t| round.chosen.contains(&t))
+    };
+    // Rank hosts by their victims' facts; victim lists with gangs expanded
+    // are built only for the hosts the greedy pass looks at.
     let mut ranked: Vec<(VictimSet, u64, HostIdx)> = Vec::new();
     for &h in &pool.hosts {
         let host = &state.hosts[h];
@@ -315,7 +353,7 @@ pub(crate) fn plan_reclaim(
         if !view.reclaiming(h) {
             for &t in &host.tasks {
                 let job = &state.jobs[&t.job];
-                if is_preemptible(job, t) {
+                if is_preemptible(job, t) && !round.chosen.contains(&t) {
                     facts.count(job, t, now);
                 }
             }
@@ -335,17 +373,52 @@ pub(crate) fn plan_reclaim(
     };
     let mut out = Vec::new();
     let mut passed_over = Vec::new();
+    let mut released: FxSet<HostIdx> = FxSet::default();
+    // Takes a set and lowers the projection by every host of the pool it empties.
+    let take = |round: &mut RoundVictims,
+                released: &mut FxSet<HostIdx>,
+                set: &VictimSet,
+                h: HostIdx,
+                emergency: bool,
+                projected: &mut crate::units::ie::Ie,
+                out: &mut Vec<Preemption>| {
+        out.extend(round.take(view, set, now, &cause, emergency));
+        let mut hosts: Vec<HostIdx> = vec![h];
+        hosts.extend(
+            set.tasks
+                .iter()
+                .filter_map(|t| state.jobs[&t.job].tasks[t.index as usize].phase.host()),
+        );
+        for x in hosts {
+            let host = &state.hosts[x];
+            if host.pool == pool_idx && !released.contains(&x) && emptied(round, x) {
+                released.insert(x);
+                *projected = projected.saturating_sub(host.ie);
+            }
+        }
+    };
     for &(_, _, h) in &ranked {
         if projected <= supply {
             break;
         }
-        let mut set = VictimSet::default();
-        for t in preemptible_tasks(view, h) {
-            set.add(&state.jobs[&t.job], t, now);
+        if released.contains(&h) {
+            continue;
         }
+        let set = expand_gangs(
+            view,
+            preemptible_tasks(view, h).filter(|t| !round.chosen.contains(t)),
+            now,
+        );
         if round.within_budget(view, &set, now) {
-            out.extend(round.take(view, &set, h, now, &cause, false));
-            projected = projected.saturating_sub(state.hosts[h].ie);
+            take(
+                round,
+                &mut released,
+                &set,
+                h,
+                false,
+                &mut projected,
+                &mut out,
+            );
         } else {
             passed_over.push((h, set));
         }
@@ -358,8 +431,18 @@ pub(crate) fn plan_reclaim(
             if projected <= supply {
                 break;
             }
-            out.extend(round.take(view, &set, h, now, &cause, true));
-            projected = projected.saturating_sub(state.hosts[h].ie);
+            if released.contains(&h) {
+                continue;
+            }
+            take(
+                round,
+                &mut released,
+                &set,
+                h,
+                true,
+                &mut projected,
+                &mut out,
+            );
         }
     } else if projected > supply {
         for (_, set) in &passed_over {
@@ -369,32 +452,60 @@ pub(crate) fn plan_reclaim(
     out
 }
 
-/// Frees room for `n_tasks` tasks of a critical job by preempting flex
-/// tasks, host by host: on each host the cheapest victims that make the task
-/// fit, and the host whose victim set ranks cheapest. A host that will fit
-/// the task once tasks already stopping have stopped needs no new victims.
-/// With `all_or_nothing` (gangs), returns no victims unless room was found
-/// for all `n_tasks`, and leaves `round` unchanged in that case.
-pub(crate) fn plan_critical(
+/// What [`plan_room`] makes room for, and whom it may displace.
+pub(crate) struct RoomRequest<'a> {
+    /// The job that needs room.
+    pub(crate) job: JobId,
+    /// How many of its tasks.
+    pub(crate) n_tasks: u32,
+    /// Gangs: no victims unless room is found for all `n_tasks`.
+    pub(crate) all_or_nothing: bool,
+    /// Why the victims are preempted.
+    pub(crate) cause: PreemptCause,
+    /// Which flex tasks may be victims (by their job).
+    pub(crate) may_displace: &'a dyn Fn(&Job) -> bool,
+    /// Only victim sets within every job's disruption budget (bid
+    /// displacement); otherwise budget-respecting sets are merely preferred.
+    pub(crate) budgets_strict: bool,
+    /// Only these hosts (`None`: every active host).
+    pub(crate) hosts: Option<&'a [HostIdx]>,
+}
+
+/// Frees room for a job's tasks by preempting flex tasks, host by host: on
+/// each host the cheapest victims (whole gangs) that make one task fit, and
+/// the host whose victim set ranks cheapest (budget-respecting sets first).
+/// A host that will fit the task once tasks already stopping have stopped
+/// needs no new victims. Room found is claimed, so the job's next task looks
+/// elsewhere. With `all_or_nothing`, returns no victims unless room was found
+/// for every task, and leaves `round` unchanged then.
+pub(crate) fn plan_room(
     view: &View<'_>,
     pipeline: &Pipeline,
     now: Timestamp,
-    job_id: JobId,
-    n_tasks: u32,
-    all_or_nothing: bool,
+    req: &RoomRequest<'_>,
     round: &mut RoundVictims,
 ) -> Vec<Preemption> {
     let state = view.state;
-    let job = &state.jobs[&job_id];
+    let job = &state.jobs[&req.job];
     let request = &job.spec.request;
     let policy = state.market.config.victim_policy;
     let mut trial = round.clone();
     let mut out = Vec::new();
     let mut n_found = 0;
-    for _ in 0..n_tasks {
+    let all_hosts: Vec<HostIdx>;
+    let hosts: &[HostIdx] = match req.hosts {
+        Some(h) => h,
+        None => {
+            all_hosts = view
+                .candidates(crate::model::index::IndexDim::Cpu, 0, false, |_| true)
+                .collect();
+            &all_hosts
+        }
+    };
+    for _ in 0..req.n_tasks {
         let mut best: Option<(HostIdx, VictimSet, bool)> = None;
         let mut waits_for: Option<HostIdx> = None;
-        for h in view.candidates(crate::model::index::IndexDim::Cpu, 0, false, |_| true) {
+        for &h in hosts {
             if pipeline.check_placement_constraints(view, job, h).is_err() {
                 continue;
             }
@@ -420,28 +531,46 @@ pub(crate) fn plan_critical(
                 break;
             }
             let mut victims: Vec<(TaskId, VictimSet)> = preemptible_tasks(view, h)
-                .filter(|t| !trial.chosen.contains(t))
-                .map(|t| {
-                    let mut one = VictimSet::default();
-                    one.add(&state.jobs[&t.job], t, now);
-                    (t, one)
-                })
+                .filter(|t| !trial.chosen.contains(t) && (req.may_displace)(&state.jobs[&t.job]))
+                .map(|t| (t, expand_gangs(view, std::iter::once(t), now)))
                 .collect();
             victims.sort_by(|a, b| compare(policy, &a.1, &b.1).then(a.0.cmp(&b.0)));
-            let mut set = VictimSet::default();
+            let mut chosen: Vec<TaskId> = Vec::new();
             for (t, _) in victims {
                 if request.fits_in(&free) {
                     break;
                 }
-                let tj = &state.jobs[&t.job];
-                set.add(tj, t, now);
-                free.checked_add_assign(&tj.spec.request)
-                    .expect("victims fit their host");
+                if chosen.contains(&t) {
+                    continue; // already in as a member of a gang chosen before
+                }
+                // The victim and its gang: only the members on this host free room here.
+                let members = expand_gangs(view, std::iter::once(t), now);
+                for m in &members.tasks {
+                    if !chosen.contains(m) {
+                        chosen.push(*m);
+                        let mj = &state.jobs[&m.job];
+                        if mj.tasks[m.index as usize].phase.host() == Some(h) {
+                            free.checked_add_assign(&mj.spec.request)
+                                .expect("victims fit their host");
+                        }
+                    }
+                }
             }
-            if !request.fits_in(&free) || set.tasks.is_empty() {
+            if !request.fits_in(&free) || chosen.is_empty() {
                 continue;
             }
+            let set = expand_gangs(view, chosen.into_iter(), now);
+            if set
+                .tasks
+                .iter()
+                .any(|t| !(req.may_displace)(&state.jobs[&t.job]))
+            {
+                continue; // a gang member elsewhere may not be displaced
+            }
             let within = trial.within_budget(view, &set, now);
+            if req.budgets_strict && !within {
+                continue;
+            }
             // Hosts whose victims respect budgets first, then the cheapest
             // set, then the host rank (unique, so the choice is deterministic).
             let better = match &best {
@@ -461,8 +590,7 @@ pub(crate) fn plan_critical(
         let h = match (waits_for, best) {
             (Some(h), _) => h,
             (None, Some((h, set, _))) => {
-                let cause = PreemptCause::Critical { job: job_id };
-                out.extend(trial.take(view, &set, h, now, &cause, false));
+                out.extend(trial.take(view, &set, now, &req.cause, false));
                 h
             }
             (None, None) => break,
@@ -476,7 +604,7 @@ pub(crate) fn plan_critical(
             .checked_add_assign(request)
             .expect("claims fit the host");
     }
-    if all_or_nothing && n_found < n_tasks {
+    if req.all_or_nothing && n_found < req.n_tasks {
         return Vec::new();
     }
     *round = trial;

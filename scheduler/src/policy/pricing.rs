@@ -1,35 +1,34 @@
-//! Clearing prices: per market-managed pool and round, the floor, or the
-//! highest losing bid when the pool is contended (second-price billing).
+//! Clearing prices: per market-managed pool and round, the floor, or — when
+//! the pool is contended — the highest bid that lost *in that pool*
+//! (second-price billing, as Armada's market-driven pools bill). A lease is
+//! then charged the price but never more than its own bid
+//! ([`crate::model::ledger::charge_rate`]).
 
 use crate::model::host::Host;
 use crate::model::overlay::View;
 use crate::spec::host::HostState;
-use crate::spec::job::Tier;
-use crate::units::ids::{JobId, PoolId};
+use crate::units::ids::{PoolId, PoolIdx};
 use crate::units::price::Price;
+use crate::util::FxMap;
 
-/// Per managed pool: the floor, or the highest losing bid when the pool is
-/// contended (a flex job lost for lack of supply and the pool cannot lease
-/// another host). `lost_for_supply` are the jobs the round left unplaced
-/// with market supply among their reasons. See [`crate::model::market`].
+/// Per managed pool: the floor, or, if the pool is contended (it cannot
+/// lease another host and a flex job lost for lack of its supply), the
+/// highest bid among the jobs that lost for lack of that pool's supply,
+/// never below the floor. `lost` maps each pool to that highest losing bid
+/// (jobs without a bid count as zero).
 pub(crate) fn clearing_prices(
     view: &View<'_>,
-    lost_for_supply: impl Iterator<Item = JobId>,
+    lost: &FxMap<PoolIdx, Price>,
 ) -> Vec<(PoolId, Price)> {
     let state = view.state;
     let market = &state.market;
     let floor = market.config.floor_price;
-    let highest_losing_bid = lost_for_supply
-        .map(|j| &state.jobs[&j].spec)
-        .filter(|spec| spec.tier == Tier::Flex)
-        .map(|spec| spec.bid.unwrap_or(Price::ZERO))
-        .max();
     let mut prices = Vec::new();
     for (p, pool) in market.pools.iter().enumerate() {
         let Some(supply) = pool.supply else { continue };
-        let p = crate::units::ids::PoolIdx::from_usize(p);
-        let price = match highest_losing_bid {
-            Some(bid) => {
+        let p = PoolIdx::from_usize(p);
+        let price = match lost.get(&p) {
+            Some(&bid) => {
                 let cheapest_new_lease = pool
                     .hosts
                     .iter()

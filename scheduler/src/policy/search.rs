@@ -160,12 +160,22 @@ impl Pipeline {
         }
         // Nothing fit: every active host outside the walked range lacked room
         // in the index dimension; draining hosts accept nothing.
-        let n_skipped: u32 = (0..view.n_parts())
-            .filter(|&p| skips(p))
-            .map(|p| view.len_part(p) as u32)
-            .sum();
-        if n_skipped > 0 {
-            rejected.push((Reason::PoolSupply, n_skipped));
+        let mut n_skipped = 0u32;
+        for p in (0..view.n_parts()).filter(|&p| skips(p)) {
+            let n = view.len_part(p) as u32;
+            if n > 0 {
+                let pool = pool_of_part(p);
+                let id = state.market.pools[pool.get()].id.clone();
+                let reason = if state.market.is_evacuated(pool)
+                    && !state.market.config.lease_in_evacuated_regions
+                {
+                    Reason::RegionEvacuated(id)
+                } else {
+                    Reason::PoolSupply(id)
+                };
+                rejected.push((reason, n));
+                n_skipped += n;
+            }
         }
         let n_outside = state.index.len() as u32 - n_skipped - n_examined;
         if n_outside > 0 {

@@ -28,12 +28,14 @@ use serde::{Deserialize, Serialize};
 use crate::model::overlay::{Overlay, View};
 use crate::model::queue::{JobRank, TeamOrder, TeamRank};
 use crate::model::{ShapeKey, State};
-use crate::policy::preempt::{Preemption, RoundVictims, plan_critical, plan_reclaim};
+use crate::policy::preempt::{
+    PreemptCause, Preemption, RoomRequest, RoundVictims, plan_reclaim, plan_room,
+};
 use crate::policy::pricing::clearing_prices;
 use crate::policy::search::{Pipeline, SearchOutcome};
 use crate::spec::job::Tier;
 use crate::spec::reason::{PendingReasons, Reason};
-use crate::units::ids::{HostId, JobId, PoolId, PoolIdx, RunId, TaskId, TeamIdx};
+use crate::units::ids::{HostId, HostIdx, JobId, PoolId, PoolIdx, RunId, TaskId, TeamIdx};
 use crate::units::price::Price;
 use crate::units::time::Timestamp;
 use crate::util::FxMap;
@@ -223,33 +225,47 @@ impl<'a> Planner<'a> {
             self.plan_tier(tier);
         }
         // 3. Critical tasks that only lack room: preempt flex work for them.
+        let flex = |j: &crate::model::job::Job| j.spec.tier == Tier::Flex;
         for u in &self.unplaced {
             let job = &state.jobs[&u.job];
             if job.spec.tier == Tier::Critical && u.reasons.resolvable_by_preemption() {
                 let view = View::new(state, &self.overlay);
-                preemptions.extend(plan_critical(
-                    &view,
-                    self.pipeline,
-                    now,
-                    u.job,
-                    u.n_tasks,
-                    job.spec.gang,
-                    &mut victims,
-                ));
+                let req = RoomRequest {
+                    job: u.job,
+                    n_tasks: u.n_tasks,
+                    all_or_nothing: job.spec.gang,
+                    cause: PreemptCause::Critical { job: u.job },
+                    may_displace: &flex,
+                    budgets_strict: false,
+                    hosts: None,
+                };
+                preemptions.extend(plan_room(&view, self.pipeline, now, &req, &mut victims));
             }
         }
-        // 4. Prices, from the bids that lost for lack of supply.
-        let lost_for_supply = self
-            .unplaced
-            .iter()
-            .filter(|u| {
-                u.reasons
-                    .counts
-                    .iter()
-                    .any(|c| c.reason == Reason::PoolSupply)
-            })
-            .map(|u| u.job);
-        let prices = clearing_prices(&self.view(), lost_for_supply);
+        // 3b. Bids preempt: a flex job that lost for lack of a pool's supply
+        //     and bids well above some leased host's flex work there may
+        //     displace it, within budgets.
+        if let Some(margin) = state.market.config.bid_preemption_margin {
+            preemptions.extend(self.plan_outbids(margin, &mut victims));
+        }
+        // 4. Prices, per pool, from the bids that lost for lack of its supply.
+        let mut lost: FxMap<PoolIdx, Price> = FxMap::default();
+        for u in &self.unplaced {
+            let spec = &state.jobs[&u.job].spec;
+            if spec.tier != Tier::Flex {
+                continue;
+            }
+            let bid = spec.bid.unwrap_or(Price::ZERO);
+            for c in &u.reasons.counts {
+                if let Reason::PoolSupply(pool) = &c.reason
+                    && let Some(&p) = state.market.pool_by_id.get(pool)
+                {
+                    let e = lost.entry(p).or_insert(bid);
+                    *e = (*e).max(bid);
+                }
+            }
+        }
+        let prices = clearing_prices(&self.view(), &lost);
         self.stats.n_preempted = preemptions.len() as u32;
         let learned_failures = self
             .learned_order
@@ -271,7 +287,81 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn team_rank(&self, team: TeamIdx, tier: Tier) -> TeamRank {
+    /// A team's place in the tier's order for its next pick. In the flex
+    /// tier the team's next job's bid comes first (the market: a higher bid
+    /// is served first, whatever the team), and fair share orders teams
+    /// bidding the same; the critical tier ignores bids.
+    /// Bid displacement (step 3b of [`Planner::run`]): highest bids first,
+    /// each on the leased hosts of the pools it lost in for lack of supply,
+    /// displacing only flex work whose bid is below `bid / (1 + margin)`.
+    fn plan_outbids(&self, margin: f64, victims: &mut RoundVictims) -> Vec<Preemption> {
+        let state = self.state;
+        let mut losers: Vec<(Price, JobId, u32, Vec<PoolIdx>)> = Vec::new();
+        for u in &self.unplaced {
+            let spec = &state.jobs[&u.job].spec;
+            let Some(bid) = spec.bid.filter(|b| *b > Price::ZERO) else {
+                continue;
+            };
+            if spec.tier != Tier::Flex {
+                continue;
+            }
+            let pools: Vec<PoolIdx> = u
+                .reasons
+                .counts
+                .iter()
+                .filter_map(|c| match &c.reason {
+                    Reason::PoolSupply(p) => state.market.pool_by_id.get(p).copied(),
+                    _ => None,
+                })
+                .collect();
+            if !pools.is_empty() {
+                losers.push((bid, u.job, u.n_tasks, pools));
+            }
+        }
+        losers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out = Vec::new();
+        for (bid, job, n_tasks, pools) in losers {
+            // Below bid / (1 + margin), in micro-units, rounded down.
+            let threshold = (bid.as_micros() as f64 / (1.0 + margin)).floor() as u64;
+            let may_displace = |j: &crate::model::job::Job| {
+                j.spec.tier == Tier::Flex && j.spec.bid.map_or(0, |b| b.as_micros()) < threshold
+            };
+            let view = View::new(state, &self.overlay);
+            let hosts: Vec<HostIdx> = pools
+                .iter()
+                .flat_map(|p| state.market.pools[p.get()].hosts.iter().copied())
+                .filter(|&h| view.n_flex(h) > 0 && !view.reclaiming(h))
+                .collect();
+            let spec = &state.jobs[&job].spec;
+            let req = RoomRequest {
+                job,
+                n_tasks,
+                all_or_nothing: spec.gang,
+                cause: PreemptCause::Outbid { job },
+                may_displace: &may_displace,
+                budgets_strict: true,
+                hosts: Some(&hosts),
+            };
+            out.extend(plan_room(&view, self.pipeline, self.now, &req, victims));
+        }
+        out
+    }
+
+    fn team_rank(&self, team: TeamIdx, tier: Tier, cursor: Option<&TeamCursor>) -> TeamRank {
+        let bid = match tier {
+            Tier::Critical => Price::ZERO,
+            Tier::Flex => {
+                let head = match cursor.and_then(|c| c.current.as_ref()) {
+                    Some(c) => Some(c.rank),
+                    None => self.state.queue.next_job(
+                        tier,
+                        team,
+                        cursor.and_then(|c| c.done_through.as_ref()),
+                    ),
+                };
+                head.map_or(Price::ZERO, |r| r.bid())
+            }
+        };
         let t = &self.state.teams[team.get()];
         let used = self.view().team_allocated(team, tier);
         // Below guarantee: under it in the dimension it is most used in.
@@ -282,6 +372,7 @@ impl<'a> Planner<'a> {
             .is_none_or(|g| used.dominant_share_ppm(g) >= 1_000_000);
         let share = used.dominant_share_ppm(&self.state.active_capacity);
         TeamRank {
+            bid: Reverse(bid),
             at_or_above_guarantee,
             weighted_share: share.saturating_mul(1000) / u64::from(t.config.weight.max(1)),
             name: t.id.clone(),
@@ -293,7 +384,7 @@ impl<'a> Planner<'a> {
         let mut order = TeamOrder::default();
         let mut cursors: FxMap<TeamIdx, TeamCursor> = FxMap::default();
         for team in teams {
-            order.push(team, Reverse(self.team_rank(team, tier)));
+            order.push(team, Reverse(self.team_rank(team, tier, None)));
             cursors.insert(team, TeamCursor::default());
         }
         while let Some((team, _)) = order.pop() {
@@ -334,6 +425,18 @@ impl<'a> Planner<'a> {
                     Arc::new(PendingReasons::task_level(Reason::TeamCapReached)),
                 );
                 finish_job(cursor);
+            } else if job.spec.gang && (job.ready.len() as u32) < job.n_live {
+                // Members still running or stopping (a restart in progress)
+                // or backing off: the gang starts only whole.
+                let n_not_ready = job.n_live - job.ready.len() as u32;
+                self.give_up(
+                    job_id,
+                    n_left,
+                    Arc::new(PendingReasons::task_level(Reason::GangWaiting {
+                        n_not_ready,
+                    })),
+                );
+                finish_job(cursor);
             } else if job.spec.gang {
                 self.place_gang(job_id);
                 finish_job(cursor);
@@ -350,7 +453,8 @@ impl<'a> Planner<'a> {
                     }
                 }
             }
-            order.push(team, Reverse(self.team_rank(team, tier)));
+            let rank = self.team_rank(team, tier, cursors.get(&team));
+            order.push(team, Reverse(rank));
         }
     }
 

@@ -105,7 +105,13 @@ impl Scheduler {
         // Preemptions first: a reclaimed host must not take the plan's new flex work.
         let mut over_supply: FxMap<PoolIdx, Ie> = FxMap::default();
         let mut accepted: FxSet<HostIdx> = FxSet::default();
+        // Gang members already stopped with a preempted member of their gang.
+        let mut stopped_with_gang: FxSet<TaskId> = FxSet::default();
         for p in &plan.preemptions {
+            if stopped_with_gang.contains(&p.run.task) {
+                report.n_preempted += 1;
+                continue;
+            }
             let verdict = if report.fast_path {
                 Ok(self.host_idx(&p.host).expect("plan basis has the host"))
             } else {
@@ -113,7 +119,7 @@ impl Scheduler {
             };
             match verdict {
                 Ok(h) => {
-                    self.apply_preemption(p, h, now);
+                    stopped_with_gang.extend(self.apply_preemption(p, h, now));
                     report.n_preempted += 1;
                 }
                 Err(why) => report.rejected_preemptions.push((p.run, why)),
@@ -241,7 +247,7 @@ impl Scheduler {
                 accepted.insert(h);
                 Ok(h)
             }
-            PreemptCause::Critical { job } => {
+            PreemptCause::Critical { job } | PreemptCause::Outbid { job } => {
                 let waits = st.job(*job).is_some_and(|j| !j.ready.is_empty());
                 if waits {
                     Ok(h)
@@ -254,7 +260,7 @@ impl Scheduler {
 
     /// Starts a preemption; the victim keeps its room until it stops, and its
     /// lost work is booked then.
-    fn apply_preemption(&mut self, p: &Preemption, h: HostIdx, now: Timestamp) {
+    fn apply_preemption(&mut self, p: &Preemption, h: HostIdx, now: Timestamp) -> Vec<TaskId> {
         let task = p.run.task;
         if let PreemptCause::Reclaim { .. } = p.cause {
             self.state.hosts[h].reclaiming = true;
@@ -284,6 +290,8 @@ impl Scheduler {
             over_budget,
         });
         self.begin_stop(task, StopCause::Preempt, p.over_budget, p.grace, now);
+        // A gang is preempted whole (the round ranks it as one victim set).
+        self.stop_gang(task, StopCause::Preempt, p.over_budget, now)
     }
 
     /// Rebuilds a round's placements against the current state, refusing

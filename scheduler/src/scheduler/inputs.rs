@@ -142,21 +142,15 @@ impl Scheduler {
                         s.release(task, now);
                         s.set_phase(task, Phase::Killed, now);
                     }
-                    Phase::Stopping {
-                        cause: StopCause::Preempt,
-                        over_budget,
-                        ..
-                    } => {
-                        s.book_preemption(task, h, over_budget, now);
-                        s.release(task, now);
-                        s.state.task_mut(task).n_preemptions += 1;
-                        s.requeue(task, now);
+                    Phase::Stopping { .. } => {
+                        s.stopped(task, now);
                         requeued.push(task);
                     }
                     _ => {
                         s.release(task, now);
                         s.requeue(task, now);
                         requeued.push(task);
+                        s.restart_gang(task, now);
                     }
                 }
             }
@@ -307,7 +301,7 @@ impl Scheduler {
             Phase::Assigned(_)
             | Phase::Running(_)
             | Phase::Stopping {
-                cause: StopCause::Preempt,
+                cause: StopCause::Preempt | StopCause::Restart,
                 ..
             } => {
                 let grace = self.state.config.kill_grace;
@@ -367,6 +361,7 @@ impl Scheduler {
                     t.ready_at = now.saturating_add(retry.backoff(t.n_failures));
                     s.requeue(task, now);
                 }
+                s.restart_gang(task, now);
                 Ok(())
             }
             Phase::Stopping { .. } => {
@@ -404,6 +399,7 @@ impl Scheduler {
                 _ => {
                     s.release(task, now);
                     s.requeue(task, now);
+                    s.restart_gang(task, now);
                 }
             }
             Ok(())
@@ -430,7 +426,41 @@ impl Scheduler {
                 self.state.task_mut(task).n_preemptions += 1;
                 self.requeue(task, now);
             }
+            StopCause::Restart => {
+                self.release(task, now);
+                self.requeue(task, now);
+            }
         }
+    }
+
+    /// A member of a gang job left its host without finishing (lost,
+    /// failed): the gang runs whole or not at all, so every other member
+    /// still running is stopped too, to be requeued with it.
+    pub(super) fn restart_gang(&mut self, task: TaskId, now: Timestamp) {
+        self.stop_gang(task, StopCause::Restart, false, now);
+    }
+
+    /// Stops every other live member of `task`'s gang with `cause`; returns them.
+    pub(super) fn stop_gang(
+        &mut self,
+        task: TaskId,
+        cause: StopCause,
+        over_budget: bool,
+        now: Timestamp,
+    ) -> Vec<TaskId> {
+        let job = &self.state.jobs[&task.job];
+        if !job.spec.gang {
+            return Vec::new();
+        }
+        let others: Vec<TaskId> = (0..job.tasks.len() as u32)
+            .filter(|&i| i != task.index && job.tasks[i as usize].phase.is_live_run())
+            .map(|i| TaskId::new(task.job, i))
+            .collect();
+        let grace = self.state.market.config.preempt_grace;
+        for &t in &others {
+            self.begin_stop(t, cause, over_budget, grace, now);
+        }
+        others
     }
 
     /// Books a preempted run's lost work (since its last checkpoint, up to
@@ -442,10 +472,8 @@ impl Scheduler {
         let share = crate::model::ledger::dominant_ppm(&job.spec.request, &host.spec.capacity);
         let held = crate::model::ledger::held_ie(host.ie, share, host.flex_share_total);
         let lost_ms = lost_work(job, job.tasks[task.index as usize].started_at, now).as_millis();
-        let (team, pool) = (job.team, host.pool);
-        st.market
-            .ledger
-            .preempted(team, pool, held, lost_ms, over_budget);
+        let key = (job.team, host.pool, job.spec.bid);
+        st.market.ledger.preempted(key, held, lost_ms, over_budget);
     }
 
     /// The phase of the run's task, if `run` is its current run.

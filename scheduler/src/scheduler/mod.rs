@@ -501,13 +501,15 @@ impl Scheduler {
             return;
         }
         let (team, pool) = (job.team, self.state.hosts[h].pool);
-        let held = self
+        let held: crate::units::ie::Ie = self
             .state
             .market
             .ledger
             .accounts
-            .get(&(team, pool))
-            .map_or(crate::units::ie::Ie::ZERO, |a| a.held());
+            .iter()
+            .filter(|((t, p, _), _)| *t == team && *p == pool)
+            .map(|(_, a)| a.held())
+            .sum();
         let team = self.state.teams[team.get()].id.clone();
         let pool = self.state.market.pools[pool.get()].id.clone();
         self.emit(now, || EventKind::HoldingChanged { team, pool, held });

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::host::{Host, HostRecord, HostTable};
 use crate::model::job::{Job, Phase, Task};
-use crate::model::ledger::{Account, PoolAccount};
+use crate::model::ledger::{Account, AccountKey, PoolAccount};
 use crate::model::queue::JobRank;
 use crate::model::{ShapeKey, State};
 use crate::policy::search::Pipeline;
@@ -28,7 +28,7 @@ use crate::spec::host::HostState;
 use crate::spec::job::JobSpec;
 use crate::spec::market::{PoolSpec, Reservation};
 use crate::spec::reason::PendingReasons;
-use crate::units::ids::{HostIdx, PoolId, PoolIdx, TaskId, TeamId, TeamIdx};
+use crate::units::ids::{HostIdx, PoolId, TaskId, TeamId};
 use crate::units::ie::Ie;
 use crate::units::price::Price;
 use crate::units::resources::Resources;
@@ -55,7 +55,7 @@ pub struct Snapshot {
     hosts: Vec<Option<HostRecord>>,
     free_slots: Vec<HostIdx>,
     jobs: Vec<JobRecord>,
-    accounts: Vec<((TeamIdx, PoolIdx), Account)>,
+    accounts: Vec<(AccountKey, Account)>,
     pool_accounts: Vec<PoolAccount>,
     failed_shapes: Vec<(ShapeKey, Arc<PendingReasons>)>,
     budget_wakeup: Option<Timestamp>,

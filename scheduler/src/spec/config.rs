@@ -256,6 +256,14 @@ impl SchedulerConfig {
                 format!("must be at most {} ms", MAX_GRACE.as_millis()),
             ));
         }
+        if let Some(margin) = m.bid_preemption_margin
+            && !(margin.is_finite() && margin >= 0.0)
+        {
+            return Err(InputError::field(
+                "market.bid_preemption_margin",
+                "must be a finite, non-negative fraction",
+            ));
+        }
         if m.reference_instance_type.trim().is_empty() {
             return Err(InputError::field(
                 "market.reference_instance_type",

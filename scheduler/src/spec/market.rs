@@ -27,6 +27,18 @@ pub struct MarketConfig {
     pub preempt_grace: DurationMs,
     /// How reclaim chooses victims.
     pub victim_policy: VictimPolicy,
+    /// Whether flex work may take new leases in a region that is failed over
+    /// (its traffic served elsewhere). Off by default: its traffic comes back
+    /// at failback without warning, and every new lease there would then be
+    /// reclaimed at once. Leases it already has are kept either way.
+    pub lease_in_evacuated_regions: bool,
+    /// Bids preempt: in a pool where supply ran out, a flex job whose bid is
+    /// more than `(1 + margin)` times the highest bid among a host's flex
+    /// tasks may displace them (within their disruption budgets). The margin
+    /// keeps close bids from displacing each other back and forth (prices
+    /// would thrash, and each displacement loses work). `None` turns bid
+    /// preemption off: bids then only order placement and victims.
+    pub bid_preemption_margin: Option<f64>,
 }
 
 impl Default for MarketConfig {
@@ -37,6 +49,10 @@ impl Default for MarketConfig {
             floor_price: Price::ZERO,
             preempt_grace: DurationMs::from_secs(30),
             victim_policy: VictimPolicy::default(),
+            lease_in_evacuated_regions: false,
+            // 50%: a bid must be half again as high to displace work, so a
+            // displaced job outbidding back by a little displaces nothing.
+            bid_preemption_margin: Some(0.5),
         }
     }
 }
@@ -48,8 +64,9 @@ pub struct HeadroomPolicy {
     /// Daily-scaling buffer as a fraction of current streaming demand.
     /// 10% covers the steepest evening ramp between two demand reports.
     pub daily_scaling_fraction: f64,
-    /// Multiplier on the default failover buffer (`demand_elsewhere / (N−1)`,
-    /// see the module doc): 0 keeps none, 1 is the default.
+    /// Multiplier on the default failover buffer (the largest inflow one
+    /// other region's failure would send the pool; `docs/ARCHITECTURE.md`,
+    /// "The market"): 0 keeps none, 1 is the default.
     pub failover_multiplier: f64,
     /// A fixed failover buffer for this pool instead of the formula.
     pub failover_fixed: Option<Ie>,

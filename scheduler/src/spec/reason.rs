@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::units::ids::PoolId;
 use crate::units::resources::Dim;
 
 /// One reason a host (or the whole task) was rejected.
@@ -25,7 +26,9 @@ pub enum Reason {
     /// The host has no GPUs of the required model.
     GpuModel,
     /// The pool's market supply cannot cover leasing this host.
-    PoolSupply,
+    PoolSupply(PoolId),
+    /// The pool's region is failed over: it takes no new flex leases.
+    RegionEvacuated(PoolId),
     /// The team reached its cap in this tier (task-level).
     TeamCapReached,
     /// A gang job could not place all of its tasks in one round (task-level).
@@ -34,6 +37,12 @@ pub enum Reason {
         n_placed: u32,
         /// Tasks the gang needs.
         n_needed: u32,
+    },
+    /// A gang waits for members that are still running, stopping or
+    /// backing off: it is placed only with every live member (task-level).
+    GangWaiting {
+        /// Live members not ready yet.
+        n_not_ready: u32,
     },
     /// There are no hosts at all (task-level).
     NoHosts,
@@ -48,14 +57,17 @@ impl Reason {
     /// cannot. An incomplete gang is resolvable only through the reasons of
     /// the member that did not fit, which are listed beside it.
     pub fn resolvable_by_preemption(&self) -> bool {
-        matches!(self, Reason::Insufficient(_) | Reason::PoolSupply)
+        matches!(self, Reason::Insufficient(_) | Reason::PoolSupply(_))
     }
 
     /// True for reasons about the task as a whole rather than about a host.
     pub fn is_task_level(&self) -> bool {
         matches!(
             self,
-            Reason::TeamCapReached | Reason::GangIncomplete { .. } | Reason::NoHosts
+            Reason::TeamCapReached
+                | Reason::GangIncomplete { .. }
+                | Reason::GangWaiting { .. }
+                | Reason::NoHosts
         )
     }
 
@@ -68,9 +80,11 @@ impl Reason {
             Reason::UniqueHost => "unique_host",
             Reason::ZoneSkew => "zone_skew",
             Reason::GpuModel => "gpu_model",
-            Reason::PoolSupply => "pool_supply",
+            Reason::PoolSupply(_) => "pool_supply",
+            Reason::RegionEvacuated(_) => "region_evacuated",
             Reason::TeamCapReached => "team_cap_reached",
             Reason::GangIncomplete { .. } => "gang_incomplete",
+            Reason::GangWaiting { .. } => "gang_waiting",
             Reason::NoHosts => "no_hosts",
             Reason::HostGone => "host_gone",
         }
@@ -86,10 +100,17 @@ impl fmt::Display for Reason {
             Reason::UniqueHost => f.write_str("unique-host constraint"),
             Reason::ZoneSkew => f.write_str("zone-balance constraint"),
             Reason::GpuModel => f.write_str("gpu model constraint"),
-            Reason::PoolSupply => f.write_str("pool supply exhausted"),
+            Reason::PoolSupply(pool) => write!(f, "pool {pool} supply exhausted"),
+            Reason::RegionEvacuated(pool) => {
+                write!(f, "pool {pool} is in a failed-over region")
+            }
             Reason::TeamCapReached => f.write_str("team cap reached"),
             Reason::GangIncomplete { n_placed, n_needed } => {
                 write!(f, "gang needs {n_needed} tasks, only {n_placed} fit")
+            }
+            Reason::GangWaiting { n_not_ready } => {
+                let s = if *n_not_ready == 1 { "" } else { "s" };
+                write!(f, "gang waits for {n_not_ready} member{s} still busy")
             }
             Reason::NoHosts => f.write_str("no hosts"),
             Reason::HostGone => f.write_str("planned host gone before commit"),
