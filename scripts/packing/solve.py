@@ -30,6 +30,8 @@ repository root:
     python3 scripts/packing/solve.py --verify   # no OR-Tools needed: regenerate
                                                 # every snapshot from its seed and
                                                 # re-check the committed files
+    /var/cache/ebb-ortools/bin/python scripts/packing/solve.py --audit
+        # re-solve without symmetry breaking and compare the optima (writes nothing)
 
 Deterministic: a case's tasks depend only on its family and seed (SplitMix64,
 the generator packing.rs uses, not Python's `random`, whose algorithms may
