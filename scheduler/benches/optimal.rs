@@ -2,10 +2,12 @@
 //! divided by the proven minimum (OR-Tools CP-SAT, `scripts/packing/solve.py`).
 //!
 //! Run: `cargo bench -p ebb-scheduler --bench optimal` prints the tables
-//! (a few seconds); `cargo bench -p ebb-scheduler --bench optimal -- --check`
-//! also exits with status 1 unless the default policy meets issue 13's goals
-//! (mean ≤ 1.02 and worst ≤ 1.05 of the optimum) in every family and submit
-//! order. Hosts used are counts, the same on every machine.
+//! (under a second after the build); `cargo bench -p ebb-scheduler --bench
+//! optimal -- --check` also exits with status 1 unless the default policy
+//! meets issue 13's goals (mean ≤ 1.02 and worst ≤ 1.05 of the optimum) in
+//! every family and submit order. Bad testdata or a broken placement exits
+//! with status 2 and names the file, case and field. Hosts used are counts,
+//! the same on every machine.
 //!
 //! Each case of `scheduler/testdata/packing/<family>.json` is 60–100 tasks
 //! (four dimensions) with its proven optimum and a witness packing. Before
@@ -16,15 +18,17 @@
 //! identical hosts gets one single-task flex job per task (all at time 0,
 //! equal priority, so the queue serves them in submit order), and rounds run
 //! until every task is placed. Hosts used are counted from the `Launch`
-//! actions and cross-checked against the scheduler's host table; using fewer
-//! hosts than the proven optimum, or overfilling a host, stops the bench.
+//! actions (with the requests we submitted) and cross-checked against the
+//! scheduler's host table; a task launched twice or with another request, a
+//! host overfilled, or fewer hosts than the proven optimum stops the bench.
 //!
 //! Submit orders: *as generated* (the file's random order), *largest first*
 //! (by dominant share, then the sum of shares: first-fit-decreasing's order),
 //! and, for families with repeated shapes, *arrays* (one job per distinct
 //! shape, in order of first appearance, as an encoding season submits them).
-//! Two reference rows that are not Ebb, first fit and first-fit-decreasing
-//! over the hosts in index order, show what the classic heuristics reach.
+//! Reference rows that are not Ebb, first fit and first-fit-decreasing (by
+//! dominant share and by sum of shares) over the hosts in index order, show
+//! what the textbook heuristics reach.
 
 // A benchmark is a shell around the sans-IO core: it reads files.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -408,15 +412,18 @@ fn pack(case: &Case, host: &Request, policy: &TierPolicy, order: Order) -> Resul
         s.handle_host_added(Timestamp::ZERO, host_spec(i, &capacity))
             .map_err(|e| format!("adding host {i}: {e}"))?;
     }
-    for (j, (request, n)) in jobs(case, host, order).into_iter().enumerate() {
+    let jobs = jobs(case, host, order);
+    for (j, (request, n)) in jobs.iter().enumerate() {
         s.handle_job_submitted(
             Timestamp::ZERO,
-            job_spec(j as u64 + 1, request.resources(), n),
+            job_spec(j as u64 + 1, request.resources(), *n),
         )
         .map_err(|e| format!("submitting job {}: {e}", j + 1))?;
     }
-    // Load per host from the Launch actions: our own books, not the core's.
+    // Load per host from the Launch actions and the requests we submitted:
+    // our own books, not the core's. Each task may launch once.
     let mut loads: BTreeMap<HostId, [u64; 4]> = BTreeMap::new();
+    let mut launched: BTreeMap<TaskId, HostId> = BTreeMap::new();
     let mut n_placed = 0usize;
     for round in 1..=MAX_ROUNDS {
         let now = Timestamp::from_millis(round);
@@ -424,15 +431,21 @@ fn pack(case: &Case, host: &Request, policy: &TierPolicy, order: Order) -> Resul
         let plan = s.plan_round(now).map_err(|e| e.to_string())?;
         let report = s.commit(now, plan).map_err(|e| e.to_string())?;
         while let Some(action) = s.poll_action() {
-            if let Action::Launch { host, request, .. } = action {
+            if let Action::Launch { run, host, request } = action {
+                let submitted = usize::try_from(run.task.job.0 - 1)
+                    .ok()
+                    .and_then(|j| jobs.get(j))
+                    .ok_or_else(|| format!("launch of {run}: no such job"))?;
+                if request != submitted.0.resources() {
+                    return Err(format!(
+                        "launch of {run} carries {request:?}, not its request"
+                    ));
+                }
+                if let Some(first) = launched.insert(run.task, host.clone()) {
+                    return Err(format!("{} launched twice ({first}, {host})", run.task));
+                }
                 let load = loads.entry(host).or_default();
-                let r = [
-                    request.cpu_millis,
-                    request.memory_mib,
-                    request.disk_mib,
-                    request.network_mbps,
-                ];
-                for (l, v) in load.iter_mut().zip(r) {
+                for (l, v) in load.iter_mut().zip(submitted.0.dims()) {
                     *l += v;
                 }
                 n_placed += 1;
