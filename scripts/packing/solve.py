@@ -328,10 +328,14 @@ def build_case(family, seed, time_limit_s, workers, plain=False):
     )
     used = check_packing(tasks, assignment)
     if used != hosts_found:
-        raise RuntimeError(f"{family} seed {seed}: witness uses {used} hosts, solver said {hosts_found}")
+        raise RuntimeError(
+            f"{family} seed {seed}: witness uses {used} hosts, solver said {hosts_found}"
+        )
     lb = lower_bound(tasks)
     if not lb <= best_bound <= hosts_found:
-        raise RuntimeError(f"{family} seed {seed}: bounds out of order: {lb} {best_bound} {hosts_found}")
+        raise RuntimeError(
+            f"{family} seed {seed}: bounds out of order: {lb} {best_bound} {hosts_found}"
+        )
     optimal = status == "OPTIMAL"
     if optimal and best_bound != hosts_found:
         raise RuntimeError(f"{family} seed {seed}: OPTIMAL but bound {best_bound} < {hosts_found}")
@@ -422,6 +426,19 @@ def verify(root, families):
     return n_errors
 
 
+def require_ortools():
+    """Exits with instructions unless the pinned OR-Tools is importable."""
+    try:
+        import ortools
+    except ImportError:
+        sys.exit(f"ortools is not installed for {sys.executable}; see this script's header "
+                 f"(python3 -m venv /var/cache/ebb-ortools && "
+                 f"/var/cache/ebb-ortools/bin/pip install ortools=={ORTOOLS_VERSION})")
+    if ortools.__version__ != ORTOOLS_VERSION:
+        sys.exit(f"ortools {ortools.__version__} installed; pin {ORTOOLS_VERSION} "
+                 f"(pip install ortools=={ORTOOLS_VERSION})")
+
+
 def audit(root, families, time_limit_s, workers):
     """Solves every committed case again with the plain model (no symmetry
     breaking, no hint) and compares: a plain optimum below a committed one
@@ -438,7 +455,14 @@ def audit(root, families, time_limit_s, workers):
             # fewer hosts than the committed optimum.
             refuted = case["optimum"] is not None and plain["hosts_found"] < case["optimum"]
             unproven = plain["optimum"] is None and not refuted
-            verdict = "agrees" if same else "REFUTES" if refuted else "not proven" if unproven else "DIFFERS"
+            if same:
+                verdict = "agrees"
+            elif refuted:
+                verdict = "REFUTES"
+            elif unproven:
+                verdict = "not proven"
+            else:
+                verdict = "DIFFERS"
             print(f"{family} seed {case['seed']:2}: committed {case['optimum']}, plain "
                   f"{plain['status']} {plain['hosts_found']} (bound {plain['best_bound']}), "
                   f"{plain['solve_seconds']:.2f} s: {verdict}", flush=True)
@@ -469,14 +493,10 @@ def main():
 
     if args.verify:
         sys.exit(1 if verify(root, families) else 0)
+    require_ortools()
     if args.audit:
         sys.exit(1 if audit(root, families, args.time_limit, args.workers) else 0)
 
-    import ortools
-
-    if ortools.__version__ != ORTOOLS_VERSION:
-        sys.exit(f"ortools {ortools.__version__} installed; pin {ORTOOLS_VERSION} "
-                 f"(pip install ortools=={ORTOOLS_VERSION})")
     meta = {
         "script": "scripts/packing/solve.py",
         "ortools": ORTOOLS_VERSION,
