@@ -50,7 +50,7 @@ pub use model::job::StopCause;
 pub use model::ledger::{IeMs, LedgerEntry, PoolTotals};
 pub use policy::compact::{Compaction, Migration};
 pub use policy::preempt::{PreemptCause, Preemption};
-pub use round::{Assignment, Plan, RoundStats, Unplaced};
+pub use round::{Assignment, Drain, Plan, RoundStats, Unplaced};
 pub use scheduler::events::{Event, EventKind, MarketInput};
 pub use scheduler::snapshot::Snapshot;
 pub use scheduler::{

@@ -22,7 +22,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{host, t};
+use common::{cases, host, t};
 use ebb_scheduler::*;
 use proptest::prelude::*;
 
@@ -721,7 +721,7 @@ fn run(case: &Case, restore_at: Option<usize>) -> (Trace, String) {
 
 fn proptest_config() -> ProptestConfig {
     ProptestConfig {
-        cases: N_CASES,
+        cases: cases(N_CASES),
         failure_persistence: None,
         ..ProptestConfig::default()
     }

@@ -964,3 +964,208 @@ fn a_gang_is_preempted_and_restarted_whole() {
         .reasons;
     assert_eq!(reasons.to_string(), "gang waits for 2 members still busy");
 }
+
+/// use1a with four flex whole-host tasks leased, no daily headroom, and a
+/// forecast that streaming rises from 5 to 8 IE over the next hour (supply
+/// 4.5 → 1.5 IE... with the fixture's 10% daily share).
+fn forecast_market(runtime: Option<DurationMs>) -> Scheduler {
+    let mut s = market(SchedulerConfig::default());
+    let mut j = whole_host_job(1, "enc", 2, 1.0);
+    j.expected_runtime = runtime;
+    s.handle_job_submitted(t(0), j).unwrap();
+    s
+}
+
+#[test]
+fn a_forecast_keeps_long_work_off_leases_it_will_need_back() {
+    // Supply now: 10 − 5 − 0.5 = 4.5 IE. Forecast: 8 IE of demand in an
+    // hour, so supply 10 − 8 − 0.8 = 1.2 IE then.
+    let forecast = vec![(t(HOUR), Ie::from_whole(8))];
+    // Two-hour chunks: only one lease survives the whole run.
+    let mut s = forecast_market(Some(DurationMs::from_mins(120)));
+    s.handle_demand_forecast(t(0), &PoolId::from("use1a"), forecast.clone())
+        .unwrap();
+    let plan = round(&mut s, t(1));
+    assert_eq!(plan.assignments.len(), 1, "{:?}", plan.unplaced);
+    assert!(
+        plan.unplaced[0]
+            .reasons
+            .to_string()
+            .contains("capacity is due back")
+    );
+    // Ten-minute chunks finish before the demand rises: both go.
+    let mut s = forecast_market(Some(DurationMs::from_mins(10)));
+    s.handle_demand_forecast(t(0), &PoolId::from("use1a"), forecast.clone())
+        .unwrap();
+    assert_eq!(round(&mut s, t(1)).assignments.len(), 2);
+    // Work that checkpoints loses little and may go anyway.
+    let mut s = market(SchedulerConfig::default());
+    let mut j = whole_host_job(1, "enc", 2, 1.0);
+    j.expected_runtime = Some(DurationMs::from_mins(120));
+    j.checkpoint_interval = Some(DurationMs::from_mins(5));
+    s.handle_job_submitted(t(0), j).unwrap();
+    s.handle_demand_forecast(t(0), &PoolId::from("use1a"), forecast)
+        .unwrap();
+    assert_eq!(round(&mut s, t(1)).assignments.len(), 2);
+}
+
+#[test]
+fn hosts_return_ahead_of_forecast_demand_and_go_first_when_it_comes() {
+    let mut config = SchedulerConfig::default();
+    config.market.bid_preemption_margin = None;
+    let mut s = market(config);
+    // Four leases of short work (10-minute chunks), started at 0.
+    let mut j = whole_host_job(1, "enc", 4, 1.0);
+    j.expected_runtime = Some(DurationMs::from_mins(10));
+    s.handle_job_submitted(t(0), j).unwrap();
+    round(&mut s, t(0));
+    for a in drain(&mut s) {
+        if let Action::Launch { run, .. } = a {
+            s.handle_task_started(t(0), run).unwrap();
+        }
+    }
+    // At 1 h the forecast says 7 IE of demand at 1.5 h: supply 10 − 7 − 0.7
+    // = 2.3 IE, so two of the four leases are due back within the 30-min lead.
+    s.handle_demand_forecast(
+        t(HOUR),
+        &PoolId::from("use1a"),
+        vec![(t(HOUR + HOUR / 2), Ie::from_whole(7))],
+    )
+    .unwrap();
+    let plan = round(&mut s, t(HOUR));
+    assert!(
+        plan.preemptions.is_empty(),
+        "nothing is preempted ahead of time"
+    );
+    assert_eq!(plan.drains.len(), 2, "{:?}", plan.drains);
+    let due = plan.drains[0].due.unwrap();
+    // The supply crosses 4 IE of leases a third of the way to 1.5 h.
+    assert!(due > t(HOUR) && due <= t(HOUR + HOUR / 2), "{due:?}");
+    let returning: Vec<HostId> = plan.drains.iter().map(|d| d.host.clone()).collect();
+    assert!(
+        returning
+            .iter()
+            .all(|h| s.host(h).unwrap().returning_at() == Some(due))
+    );
+    // The demand comes: reclaim takes the returning hosts first.
+    s.handle_streaming_demand(
+        t(HOUR + HOUR / 2),
+        &PoolId::from("use1a"),
+        Ie::from_whole(7),
+    )
+    .unwrap();
+    let plan = round(&mut s, t(HOUR + HOUR / 2));
+    let hosts: std::collections::BTreeSet<HostId> =
+        plan.preemptions.iter().map(|p| p.host.clone()).collect();
+    assert!(
+        hosts.iter().all(|h| returning.contains(h)),
+        "{hosts:?} not among {returning:?}"
+    );
+}
+
+#[test]
+fn a_returning_host_takes_only_work_that_ends_before_it_is_due() {
+    let mut config = SchedulerConfig::default();
+    config.market.bid_preemption_margin = None;
+    let mut s = market(config);
+    // One lease, half full: a 32-vCPU task of unknown length.
+    s.handle_job_submitted(t(0), job(1, "enc", Tier::Flex, 1, 32_000, 1024))
+        .unwrap();
+    round(&mut s, t(0));
+    // Forecast: demand 9 IE in 20 minutes, supply 10 − 9 − 0.9 = 0.1 IE: the
+    // one lease is due back.
+    s.handle_demand_forecast(
+        t(1),
+        &PoolId::from("use1a"),
+        vec![(t(20 * 60_000), Ie::from_whole(9))],
+    )
+    .unwrap();
+    let plan = round(&mut s, t(1));
+    assert_eq!(plan.drains.len(), 1);
+    let due = plan.drains[0].due.unwrap();
+    let half = |id: u64, mins: Option<u64>| {
+        let mut j = job(id, "enc", Tier::Flex, 1, 32_000, 1024);
+        j.expected_runtime = mins.map(DurationMs::from_mins);
+        j
+    };
+    s.handle_job_submitted(t(2), half(2, Some(120))).unwrap();
+    s.handle_job_submitted(t(2), half(3, None)).unwrap();
+    s.handle_job_submitted(t(2), half(4, Some(5))).unwrap();
+    let plan = round(&mut s, t(2));
+    let placed: Vec<u64> = plan.assignments.iter().map(|a| a.run.task.job.0).collect();
+    assert_eq!(
+        placed,
+        vec![4],
+        "only the 5-minute task ends before {due:?}: {:?}",
+        plan.unplaced
+    );
+    for u in &plan.unplaced {
+        assert!(
+            u.reasons.to_string().contains("capacity is due back"),
+            "{}",
+            u.reasons
+        );
+    }
+    // Withdrawing the forecast clears the mark, and the work waiting on it goes.
+    s.handle_demand_forecast(t(3), &PoolId::from("use1a"), vec![])
+        .unwrap();
+    let plan = round(&mut s, t(3));
+    assert_eq!(
+        plan.drains,
+        vec![Drain {
+            host: plan.drains[0].host.clone(),
+            due: None
+        }]
+    );
+    assert_eq!(plan.assignments.len(), 2, "{:?}", plan.unplaced);
+}
+
+#[test]
+fn a_host_that_keeps_work_after_its_gang_member_goes_stays_visible_to_reclaim() {
+    let mut config = SchedulerConfig::default();
+    config.market.bid_preemption_margin = None;
+    let mut s = market(config);
+    // A cheap gang of two 48-vCPU members (one per host) and a 16-vCPU
+    // task that shares a host with one of them.
+    let mut gang = job(1, "ml", Tier::Flex, 2, 48_000, 1024);
+    gang.gang = true;
+    gang.bid = Price::new(0.1);
+    s.handle_job_submitted(t(0), gang).unwrap();
+    round(&mut s, t(0));
+    let mut enc = job(2, "enc", Tier::Flex, 1, 16_000, 1024);
+    enc.bid = Price::new(1.0);
+    s.handle_job_submitted(t(1), enc).unwrap();
+    round(&mut s, t(1));
+    drain(&mut s);
+    assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(2));
+    let shared = s.task(task(2, 0)).unwrap().state.host().unwrap().clone();
+    // Supply 10 − 7.8 − 0.78 = 1.42 IE: one lease goes. The lone gang
+    // member's host is the cheaper, and its gang goes whole, so the shared
+    // host loses its member but keeps the 1.0 bid's task — and its lease.
+    s.handle_streaming_demand(t(HOUR), &PoolId::from("use1a"), Ie::from_f64(7.8))
+        .unwrap();
+    let plan = round(&mut s, t(HOUR));
+    let mut victims: Vec<u64> = plan.preemptions.iter().map(|p| p.run.task.job.0).collect();
+    victims.sort();
+    assert_eq!(victims, vec![1, 1]);
+    assert!(
+        !s.host(&shared).unwrap().is_reclaiming(),
+        "the shared host is not being emptied"
+    );
+    for a in drain(&mut s) {
+        if let Action::Stop { run, .. } = a {
+            s.handle_task_stopped(t(HOUR + 1), run).unwrap();
+        }
+    }
+    assert_eq!(pool(&s, "use1a").leased, Ie::from_whole(1));
+    // Supply 10 − 8.7 − 0.87 = 0.43 IE: the shared host's lease must go too.
+    s.handle_streaming_demand(t(2 * HOUR), &PoolId::from("use1a"), Ie::from_f64(8.7))
+        .unwrap();
+    let plan = round(&mut s, t(2 * HOUR));
+    let victims: Vec<u64> = plan.preemptions.iter().map(|p| p.run.task.job.0).collect();
+    assert_eq!(
+        victims,
+        vec![2],
+        "the lease left on the shared host is reclaimed"
+    );
+}

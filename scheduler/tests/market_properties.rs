@@ -34,6 +34,8 @@ struct JobGen {
     priority: i32,
     budget: Option<u32>,
     checkpoint_mins: Option<u64>,
+    /// Flex jobs of two or more tasks only: placed and preempted whole.
+    gang: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -68,16 +70,21 @@ fn job_gen() -> impl Strategy<Value = JobGen> {
         0..3i32,
         prop::option::of(1..3u32),
         prop::option::of(1..30u64),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
-            |(flex, n, vcpus, bid, priority, budget, checkpoint_mins)| JobGen {
-                flex: flex || n > 3, // mostly flex
-                n,
-                vcpus,
-                bid,
-                priority,
-                budget,
-                checkpoint_mins,
+            |(flex, n, vcpus, bid, priority, budget, checkpoint_mins, gang)| {
+                let flex = flex || n > 3; // mostly flex
+                JobGen {
+                    flex,
+                    n,
+                    vcpus,
+                    bid,
+                    priority,
+                    budget,
+                    checkpoint_mins,
+                    gang: gang && flex && n >= 2,
+                }
             },
         )
 }
@@ -185,6 +192,7 @@ impl Run {
                     window: DurationMs::from_mins(30),
                 });
                 j.checkpoint_interval = g.checkpoint_mins.map(DurationMs::from_mins);
+                j.gang = g.gang;
                 self.s.handle_job_submitted(now, j).unwrap();
             }
             Step::Demand { pool, ie_tenths } => {
@@ -436,7 +444,7 @@ impl Run {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn market_invariants_hold((pools, steps) in scenario()) {
@@ -449,7 +457,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     /// Over random regions, reservations, demands and headroom policies, and
     /// any order of failing regions over and back: no surviving pool's supply

@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::t;
+use common::{cases, t};
 use ebb_scheduler::*;
 use proptest::prelude::*;
 
@@ -422,7 +422,7 @@ fn run(case: &Case, mut check: impl FnMut(&Scheduler, Timestamp, Step<'_>)) -> V
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: N_CASES,
+        cases: cases(N_CASES),
         // Failures are reproduced from the printed minimal case; no
         // regression files are written into the source tree.
         failure_persistence: None,

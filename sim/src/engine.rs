@@ -164,6 +164,8 @@ enum Ev {
     /// A host fault (see `faults.rs`).
     Fault(Fault),
     Sample,
+    /// A new streaming-demand forecast; schedules the next one.
+    Forecast,
 }
 
 struct Entry {
@@ -221,6 +223,8 @@ struct Sim<'a> {
     host_specs: Vec<HostSpec>,
     demand: Vec<DemandSeries>,
     market: MarketLink,
+    /// The forecast fed to the market.
+    forecast: crate::scenario::ForecastSpec,
     metrics: Metrics,
     trace: Sha256,
     timeout_round_at: Option<u64>,
@@ -303,6 +307,7 @@ impl<'a> Sim<'a> {
             host_specs: Vec::new(),
             demand,
             market,
+            forecast: sc.forecast.clone(),
             metrics,
             trace: Sha256::new(),
             timeout_round_at: None,
@@ -419,6 +424,10 @@ impl<'a> Sim<'a> {
         // Rounds and samples come after the inputs of the same instant.
         self.push(0, Ev::Round);
         self.push(0, Ev::Sample);
+        if self.forecast.enabled {
+            // After the demand reports of the same instant (pushed earlier).
+            self.push(0, Ev::Forecast);
+        }
         Ok(())
     }
 
@@ -515,6 +524,11 @@ impl<'a> Sim<'a> {
             Ev::Stopped { task, attempt } => self.on_stopped(task, attempt)?,
             Ev::LaunchFailed { task, attempt } => self.on_launch_failed(task, attempt)?,
             Ev::Fault(f) => self.on_fault(f)?,
+            Ev::Forecast => {
+                self.forecast()?;
+                let next = self.now + self.forecast.interval.0;
+                self.push(next, Ev::Forecast);
+            }
             Ev::Sample => {
                 self.sample();
                 let next = self.now + self.sc.sim.sample_interval.0;
@@ -906,6 +920,39 @@ impl<'a> Sim<'a> {
         self.core
             .handle_forget_finished(self.ts(), cutoff)
             .expect("the simulated clock never goes backwards");
+    }
+
+    /// Publishes each pool's forecast: its demand curve's points over the
+    /// horizon, each off by its own seeded relative error.
+    fn forecast(&mut self) -> Result<()> {
+        let now = self.now;
+        let horizon = now + self.forecast.horizon.0;
+        let sigma = self.forecast.error;
+        for s in 0..self.demand.len() {
+            let series = &self.demand[s];
+            let points: Vec<(u64, f64)> = series
+                .points
+                .iter()
+                .enumerate()
+                .filter(|(_, (t, _))| *t > now && *t <= horizon)
+                .map(|(k, &(t, ie))| {
+                    let err = if sigma > 0.0 {
+                        // Box–Muller from two seeded uniforms: the same
+                        // forecast for the same seed, issue time and point.
+                        let u1 = crate::rng::unit(self.seed, now, s as u32, k as u32, 5).max(1e-12);
+                        let u2 = crate::rng::unit(self.seed, now, s as u32, k as u32, 6);
+                        sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+                    } else {
+                        0.0
+                    };
+                    (t, (ie * (1.0 + err)).max(0.0))
+                })
+                .collect();
+            let (pool, at) = (series.pool_idx, self.ts());
+            self.market
+                .set_forecast(&mut self.core, at, pool, &points)?;
+        }
+        Ok(())
     }
 
     fn sample(&mut self) {

@@ -37,6 +37,8 @@ enum Command {
         /// rounds that planned nothing, events per second.
         #[arg(long, short)]
         verbose: bool,
+        #[command(flatten)]
+        forecast: ForecastArgs,
     },
     /// Run several policies × seeds, in parallel, and write a comparison report.
     Sweep {
@@ -54,7 +56,34 @@ enum Command {
         /// Runs at once (default: one per core).
         #[arg(long)]
         jobs: Option<usize>,
+        #[command(flatten)]
+        forecast: ForecastArgs,
     },
+}
+
+/// Overrides of the scenario's `[forecast]`, to compare runs with and
+/// without a (noisy) demand forecast.
+#[derive(clap::Args)]
+struct ForecastArgs {
+    /// Feed the market a demand forecast (`on`) or not (`off`); default:
+    /// the scenario's `forecast.enabled`.
+    #[arg(long, value_parser = ["on", "off"])]
+    forecast: Option<String>,
+    /// Relative error of each forecast point (standard deviation, e.g. 0.1).
+    #[arg(long)]
+    forecast_error: Option<f64>,
+}
+
+impl ForecastArgs {
+    fn apply(&self, sc: &mut Scenario) -> Result<()> {
+        if let Some(f) = &self.forecast {
+            sc.forecast.enabled = f == "on";
+        }
+        if let Some(e) = self.forecast_error {
+            sc.forecast.error = e;
+        }
+        sc.forecast.validate().context("--forecast-error")
+    }
 }
 
 /// A `--policies` entry: trimmed, not empty.
@@ -81,8 +110,10 @@ fn main() -> Result<()> {
             out,
             policy,
             verbose,
+            forecast,
         } => {
-            let sc = Scenario::load(&scenario)?;
+            let mut sc = Scenario::load(&scenario)?;
+            forecast.apply(&mut sc)?;
             let opts = RunOptions {
                 seed: seed.unwrap_or(sc.sim.seed),
                 policy: policy.unwrap_or_else(|| sc.sim.policy.clone()),
@@ -110,9 +141,11 @@ fn main() -> Result<()> {
             seeds,
             out,
             jobs,
+            forecast,
         } => {
             ensure!(jobs != Some(0), "--jobs must be at least 1");
-            let sc = Scenario::load(&scenario)?;
+            let mut sc = Scenario::load(&scenario)?;
+            forecast.apply(&mut sc)?;
             let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&sc.name).join("sweep"));
             let text = ebb_sim::sweep::run(&sc, &policies, seeds, &dir, jobs)?;
             print_out(&text)

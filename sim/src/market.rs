@@ -105,6 +105,25 @@ impl MarketLink {
         Ok(())
     }
 
+    /// Reports a pool's demand forecast: `(time ms, IE)` points.
+    pub fn set_forecast(
+        &self,
+        core: &mut Scheduler,
+        now: Timestamp,
+        pool_idx: usize,
+        points: &[(u64, f64)],
+    ) -> Result<()> {
+        if self.managed[pool_idx] {
+            let points = points
+                .iter()
+                .map(|&(t, ie)| (Timestamp::from_millis(t), Ie::from_f64(ie)))
+                .collect();
+            core.handle_demand_forecast(now, &self.ids[pool_idx], points)
+                .with_context(|| format!("demand forecast of pool {}", self.ids[pool_idx]))?;
+        }
+        Ok(())
+    }
+
     /// Region `region` fails over (`active`) or serves again.
     pub fn set_failover(
         &self,

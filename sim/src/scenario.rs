@@ -36,6 +36,9 @@ pub struct Scenario {
     /// Host failures, drains, pool-wide losses and launch failures.
     #[serde(default)]
     pub faults: FaultsSpec,
+    /// The streaming-demand forecast fed to the market.
+    #[serde(default)]
+    pub forecast: ForecastSpec,
     /// Team shares passed to the scheduler (`[teams.encoding] weight = 2`).
     #[serde(default)]
     pub teams: BTreeMap<String, TeamConfig>,
@@ -50,6 +53,56 @@ pub struct Scenario {
     /// Directory relative paths (CSV curves) are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[forecast]`: a streaming-demand forecast derived from each pool's own
+/// demand curve, as a streaming autoscaler (Netflix's Scryer) would publish
+/// it: every `interval`, the curve's points over the next `horizon`, each
+/// off by a relative error drawn from N(0, `error`). Failovers are not in it:
+/// the reactive path handles what no forecast predicts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForecastSpec {
+    /// Feed a forecast at all.
+    pub enabled: bool,
+    /// How far ahead each forecast reaches.
+    pub horizon: Dur,
+    /// How often a new forecast is published.
+    pub interval: Dur,
+    /// Standard deviation of each point's relative error (0.1 = ±10%).
+    pub error: f64,
+}
+
+impl ForecastSpec {
+    /// Checks the section; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.horizon.0 > 0,
+            "`forecast.horizon` must be greater than zero"
+        );
+        ensure!(
+            self.interval.0 > 0,
+            "`forecast.interval` must be greater than zero"
+        );
+        ensure!(
+            self.error.is_finite() && (0.0..=1.0).contains(&self.error),
+            "`forecast.error` must be a relative error between 0 and 1"
+        );
+        Ok(())
+    }
+}
+
+impl Default for ForecastSpec {
+    /// On, three hours ahead (more than the longest drain lead and most
+    /// encoding chunks), republished every 15 minutes, exact.
+    fn default() -> Self {
+        ForecastSpec {
+            enabled: true,
+            horizon: Dur::mins(180),
+            interval: Dur::mins(15),
+            error: 0.0,
+        }
+    }
 }
 
 /// `[sim]`: the clock and the simulated executors.
@@ -452,6 +505,12 @@ pub struct WorkloadSpec {
     /// Per-job disruption budget for ordinary reclaim.
     #[serde(default)]
     pub disruption_budget: Option<BudgetSpec>,
+    /// Declare each job's expected task runtime to the core (the 90th
+    /// percentile of its tasks' work), as encoding pipelines can: with a
+    /// demand forecast the market keeps work off capacity due back before it
+    /// would finish. Default: true for encoding kinds, false for `ml_training`.
+    #[serde(default)]
+    pub declare_runtime: Option<bool>,
     /// Task runtime (`steady`, `ml_training`; for `season_drop` the shape,
     /// rescaled so the mean matches `cpu_hours`).
     #[serde(default)]
@@ -571,6 +630,7 @@ impl Scenario {
             "`sim.demand_step` must be greater than zero"
         );
         s.launch_latency.validate("`sim.launch_latency`")?;
+        self.forecast.validate()?;
 
         ensure!(
             !self.fleet.regions.is_empty(),

@@ -47,6 +47,18 @@ pub fn build(sc: &Scenario, seed: u64) -> Result<Vec<SimJob>> {
             WorkloadKind::MlTraining => ml_training(sc, w, idx, &mut rng, &mut jobs),
         }
     }
+    for j in &mut jobs {
+        let w = &sc.workload[j.workload_idx];
+        let declare = w
+            .declare_runtime
+            .unwrap_or(w.kind != WorkloadKind::MlTraining);
+        if declare && !j.work_ms.is_empty() {
+            let mut work = j.work_ms.clone();
+            work.sort_unstable();
+            let p90 = work[(work.len() * 9).div_ceil(10).saturating_sub(1)];
+            j.spec.expected_runtime = Some(ebb_scheduler::DurationMs::from_millis(p90.max(1)));
+        }
+    }
     // Stable: jobs submitted at the same instant keep generator order.
     jobs.sort_by_key(|j| j.submit_ms);
     for (i, j) in jobs.iter_mut().enumerate() {

@@ -21,11 +21,24 @@ fn curve(name: &str, rows: &[(u64, f64)]) -> String {
 }
 
 /// One region, one pool: 10 reserved m5.16xlarge, 10 executor hosts,
-/// headroom 50% of streaming and no failover buffer (one region).
+/// headroom 50% of streaming and no failover buffer (one region). No
+/// demand forecast: the probes' demand steps come unannounced.
 fn scenario(duration: &str, sample: &str, demand: &str, workload: &str) -> Scenario {
+    scenario_with(duration, sample, demand, workload, false)
+}
+
+fn scenario_with(
+    duration: &str,
+    sample: &str,
+    demand: &str,
+    workload: &str,
+    forecast: bool,
+) -> Scenario {
     let text = format!(
         r#"
 name = "probe"
+[forecast]
+enabled = {forecast}
 [sim]
 duration = "{duration}"
 sample_interval = "{sample}"
@@ -267,4 +280,37 @@ fn a_corrupted_executor_view_fails_the_conservation_check() {
         "{errors}"
     );
     assert!(o.summary.capacity.identity_gap_ie_h < -1e-3);
+}
+
+/// The same unannounced step as above, now in the forecast: hosts are given
+/// back ahead of it, so nothing is leased beyond supply and no work is lost
+/// (the tasks declare their 1-hour runtime; the step comes at 1.5 h).
+#[test]
+fn a_forecast_step_is_met_ahead_of_time() {
+    let make = |forecast| {
+        scenario_with(
+            "3h",
+            "5m",
+            &step_demand(if forecast { "ahead-on" } else { "ahead-off" }, 4.0, 5400),
+            &whole_host_tasks(6, ""),
+            forecast,
+        )
+    };
+    let off = run(&make(false));
+    let on = run(&make(true));
+    for o in [&off, &on] {
+        assert!(
+            o.conservation_errors.is_empty(),
+            "{:?}",
+            o.conservation_errors
+        );
+    }
+    assert!(off.summary.capacity.headroom_violations >= 1);
+    assert!(off.summary.lost_preempt_cpu_h > 0.0);
+    let c = &on.summary.capacity;
+    assert_eq!(c.headroom_violations, 0, "{c:?}");
+    assert_eq!(c.leased_beyond_supply_ie_h, 0.0);
+    assert_eq!(on.summary.lost_preempt_cpu_h, 0.0, "{:?}", on.summary);
+    // The same work gets done.
+    assert!((on.summary.goodput_cpu_h - off.summary.goodput_cpu_h).abs() < 1e-6);
 }

@@ -11,6 +11,7 @@ use crate::units::ids::{HostId, HostIdx, PoolIdx, TaskId, TeamIdx, ZoneIdx};
 use crate::units::ie::Ie;
 use crate::units::price::Price;
 use crate::units::resources::Resources;
+use crate::units::time::Timestamp;
 use crate::util::FxMap;
 
 /// A host as the core tracks it.
@@ -34,6 +35,9 @@ pub struct Host {
     pub(crate) pool: PoolIdx,
     /// Reclaim is emptying this host of flex work: no new flex tasks go here.
     pub(crate) reclaiming: bool,
+    /// The forecast says this lease is due back at this instant: the host
+    /// takes only flex work that ends before then (see `PoolSupplyChecker`).
+    pub(crate) returning: Option<Timestamp>,
     /// Per team and bid: the sum of the dominant shares (ppm) of its flex
     /// tasks here, and how many there are, for the ledger's attribution (see
     /// [`crate::model::ledger`]).
@@ -130,6 +134,11 @@ impl Host {
         self.reclaiming
     }
 
+    /// When the forecast says this host's lease is due back, if it does.
+    pub fn returning_at(&self) -> Option<Timestamp> {
+        self.returning
+    }
+
     /// The host-index partition: its pool, with or without flex work.
     pub(crate) fn index_part(&self) -> usize {
         part_of(self.pool, self.n_flex_tasks > 0)
@@ -148,6 +157,8 @@ pub(crate) struct HostRecord {
     pub(crate) state: HostState,
     pub(crate) rank: u64,
     pub(crate) reclaiming: bool,
+    #[serde(default)]
+    pub(crate) returning: Option<Timestamp>,
     /// In arrival order (victim lists walk it).
     pub(crate) tasks: Vec<TaskId>,
 }

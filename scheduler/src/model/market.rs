@@ -27,9 +27,15 @@
 //!
 //! **Clearing price** (per pool, per round). When the pool is *contended* —
 //! a flex job went unplaced because supply ran out and the pool cannot lease
-//! another host — the price is the highest losing bid (second-price, as
-//! Armada bills), but never below the floor. Otherwise it is the floor.
-//! Leases are charged at the price in force while they are held.
+//! another host — the price is the highest losing bid in that pool (second
+//! price, as Armada bills), capped by the lowest bid that won one of its
+//! leases this round, and never below the floor. Otherwise it is the floor.
+//! Each lease is charged `min(price, its bid)` while it is held.
+//!
+//! **Forecast.** With a demand forecast (`Scheduler::handle_demand_forecast`)
+//! each pool keeps a forecast supply curve; placement keeps work off leases
+//! the forecast says end first, and hosts needed back soon are drained
+//! (`docs/ARCHITECTURE.md`, "Forecast-aware leasing").
 
 use std::collections::BTreeSet;
 
@@ -67,6 +73,17 @@ pub(crate) struct PoolState {
     pub(crate) headroom: Ie,
     /// `None` for unconfigured pools (no limit).
     pub(crate) supply: Option<Ie>,
+    /// The streaming-demand forecast the shell reported last: points
+    /// (time, demand) in time order, and when it arrived.
+    pub(crate) forecast: Vec<(Timestamp, Ie)>,
+    pub(crate) forecast_at: Timestamp,
+    /// Each reservation's IE (count × one instance), in `reservations`'
+    /// order, so counting them never looks the catalog up again.
+    pub(crate) reservation_ie: Vec<Ie>,
+    /// The forecast supply as points `(t, supply)` from `forecast_at` on,
+    /// rebuilt by [`Market::recompute`]: linear between points (a
+    /// reservation boundary has a point just before it and one at it).
+    pub(crate) supply_curve: Vec<(Timestamp, Ie)>,
 }
 
 /// Supply, demand and leases for every pool.
@@ -120,6 +137,10 @@ impl Market {
             headroom: Ie::ZERO,
             supply: None,
             min_host_ie: None,
+            forecast: Vec::new(),
+            forecast_at: Timestamp::ZERO,
+            reservation_ie: Vec::new(),
+            supply_curve: Vec::new(),
         });
         self.pool_by_id.insert(id.clone(), idx);
         idx
@@ -237,6 +258,199 @@ impl Market {
             pool.headroom = headroom;
             pool.supply = supply;
         }
+        for idx in 0..self.pools.len() {
+            self.rebuild_supply_curve(PoolIdx::from_usize(idx));
+        }
+    }
+
+    /// True if the pool has a demand forecast reaching past `now`.
+    pub(crate) fn has_forecast(&self, p: PoolIdx, now: Timestamp) -> bool {
+        let pool = &self.pools[p.get()];
+        pool.spec.is_some() && pool.forecast.last().is_some_and(|(t, _)| *t > now)
+    }
+
+    /// The reported streaming demand the forecast predicts for `t`: linear
+    /// between its points, from the demand reported when it arrived to its
+    /// first point, and its last value after it.
+    fn forecast_demand(&self, p: PoolIdx, t: Timestamp) -> Ie {
+        let pool = &self.pools[p.get()];
+        let mut prev = (pool.forecast_at, pool.streaming);
+        for &(pt, v) in &pool.forecast {
+            if t <= pt {
+                if pt <= prev.0 {
+                    return v;
+                }
+                // Linear between prev and (pt, v), in exact integers.
+                let (t0, v0) = (
+                    u128::from(prev.0.as_millis()),
+                    i128::from(prev.1.as_micro()),
+                );
+                let (t1, v1) = (u128::from(pt.as_millis()), i128::from(v.as_micro()));
+                let x = u128::from(t.as_millis().max(prev.0.as_millis()));
+                let micro = v0 + (v1 - v0) * ((x - t0) as i128) / ((t1 - t0) as i128);
+                return Ie::from_micro(micro.max(0) as u64);
+            }
+            prev = (pt, v);
+        }
+        prev.1
+    }
+
+    /// The supply the forecast predicts for `t`: reservations active then,
+    /// less the forecast demand (with any failover inflow in force now) and
+    /// its headroom (the daily share, plus the failover buffer as it is now).
+    pub(crate) fn forecast_supply(&self, p: PoolIdx, t: Timestamp) -> Ie {
+        let pool = &self.pools[p.get()];
+        let Some(spec) = &pool.spec else {
+            return Ie::ZERO;
+        };
+        let inflow_now = pool.streaming_now.saturating_sub(pool.streaming);
+        let daily_now = pool
+            .streaming_now
+            .scale(spec.headroom.daily_scaling_fraction);
+        let buffer_now = pool.headroom.saturating_sub(daily_now);
+        let demand = self.forecast_demand(p, t) + inflow_now;
+        let headroom = demand.scale(spec.headroom.daily_scaling_fraction) + buffer_now;
+        self.active_reserved(p, t)
+            .saturating_sub(demand)
+            .saturating_sub(headroom)
+    }
+
+    /// Rebuilds a pool's forecast supply curve (after any market input).
+    fn rebuild_supply_curve(&mut self, p: PoolIdx) {
+        let pool = &self.pools[p.get()];
+        if pool.forecast.is_empty() || pool.spec.is_none() {
+            self.pools[p.get()].supply_curve.clear();
+            return;
+        }
+        let from = pool.forecast_at;
+        let mut times: Vec<Timestamp> = std::iter::once(from)
+            .chain(pool.forecast.iter().map(|(t, _)| *t))
+            .chain(
+                pool.reservations
+                    .iter()
+                    .flat_map(|r| [r.start, r.end])
+                    .flatten()
+                    .flat_map(|b| [Timestamp::from_millis(b.as_millis().saturating_sub(1)), b]),
+            )
+            .filter(|t| *t >= from)
+            .collect();
+        times.sort_unstable();
+        times.dedup();
+        let curve = times
+            .into_iter()
+            .map(|t| (t, self.forecast_supply(p, t)))
+            .collect();
+        self.pools[p.get()].supply_curve = curve;
+    }
+
+    /// The forecast supply at `t` read off the curve: linear between its
+    /// points, its last value after them.
+    fn curve_at(curve: &[(Timestamp, Ie)], t: Timestamp) -> Ie {
+        let i = curve.partition_point(|(pt, _)| *pt <= t);
+        if i == 0 {
+            return curve.first().map_or(Ie::ZERO, |c| c.1);
+        }
+        let (t0, v0) = curve[i - 1];
+        let Some(&(t1, v1)) = curve.get(i) else {
+            return v0;
+        };
+        let (v0, v1) = (i128::from(v0.as_micro()), i128::from(v1.as_micro()));
+        let span = i128::from(t1.as_millis() - t0.as_millis()).max(1);
+        let x = i128::from(t.as_millis() - t0.as_millis());
+        Ie::from_micro((v0 + (v1 - v0) * x / span).max(0) as u64)
+    }
+
+    /// The least supply the forecast predicts over `[from, to]` (and never
+    /// more than the supply now): the curve is linear between its points, so
+    /// the minimum is at one of them or at an end.
+    pub(crate) fn min_forecast_supply(&self, p: PoolIdx, from: Timestamp, to: Timestamp) -> Ie {
+        let pool = &self.pools[p.get()];
+        let now_supply = pool.supply.unwrap_or(Ie::ZERO);
+        let curve = &pool.supply_curve;
+        if curve.is_empty() {
+            return now_supply;
+        }
+        let i = curve.partition_point(|(t, _)| *t <= from);
+        curve[i..]
+            .iter()
+            .take_while(|(t, _)| *t < to)
+            .map(|(_, v)| *v)
+            .chain([Self::curve_at(curve, from), Self::curve_at(curve, to)])
+            .fold(now_supply, Ie::min)
+    }
+
+    /// The first instant in `[from, to]` at which the forecast supply falls
+    /// below `leased`, if it does.
+    pub(crate) fn forecast_shortfall_at(
+        &self,
+        p: PoolIdx,
+        leased: Ie,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Option<Timestamp> {
+        let curve = &self.pools[p.get()].supply_curve;
+        let i = curve.partition_point(|(t, _)| *t <= from);
+        let points = std::iter::once((from, Self::curve_at(curve, from)))
+            .chain(curve[i..].iter().copied().take_while(|(t, _)| *t < to))
+            .chain(std::iter::once((to, Self::curve_at(curve, to))));
+        let mut prev: Option<(Timestamp, Ie)> = None;
+        for (t, s) in points {
+            if s < leased {
+                return Some(match prev {
+                    Some((t0, s0)) if s0 > s => {
+                        // s0 ≥ leased > s: the crossing is in (t0, t].
+                        let span = u128::from(t.as_millis() - t0.as_millis());
+                        let drop = u128::from((s0 - s).as_micro());
+                        let above = u128::from((s0 - leased).as_micro());
+                        Timestamp::from_millis(t0.as_millis() + (span * above / drop.max(1)) as u64)
+                    }
+                    _ => t,
+                });
+            }
+            prev = Some((t, s));
+        }
+        None
+    }
+
+    /// For thresholds in descending order, the first instant at or after
+    /// `from` at which the forecast supply falls below each (`None`: not
+    /// within the forecast). The instants are non-decreasing, so one sweep
+    /// along the curve answers them all.
+    pub(crate) fn shortfall_times(
+        &self,
+        p: PoolIdx,
+        from: Timestamp,
+        thresholds: &[Ie],
+    ) -> Vec<Option<Timestamp>> {
+        let curve = &self.pools[p.get()].supply_curve;
+        if curve.is_empty() {
+            return vec![None; thresholds.len()];
+        }
+        let start = curve.partition_point(|(t, _)| *t <= from);
+        let mut points: Vec<(Timestamp, Ie)> = vec![(from, Self::curve_at(curve, from))];
+        points.extend(curve[start..].iter().copied());
+        let mut out = Vec::with_capacity(thresholds.len());
+        let mut i = 0; // the point at or after which the next crossing lies
+        for &level in thresholds {
+            while i < points.len() && points[i].1 >= level {
+                i += 1;
+            }
+            out.push(points.get(i).map(|&(t, s)| {
+                if i == 0 {
+                    return t;
+                }
+                // points[i-1] ≥ level > s: the crossing is in (t0, t].
+                let (t0, s0) = points[i - 1];
+                let span = u128::from(t.as_millis() - t0.as_millis());
+                let drop = u128::from((s0 - s).as_micro()).max(1);
+                let above = u128::from((s0 - level).as_micro());
+                Timestamp::from_millis(t0.as_millis() + (span * above / drop) as u64)
+            }));
+            // A lower level is first crossed no earlier; step back one point
+            // so the next search starts at this crossing's segment.
+            i = i.saturating_sub(1);
+        }
+        out
     }
 
     /// True if flex work may lease some host of this pool that carries no
@@ -277,10 +491,20 @@ impl Market {
     /// IE of a pool's reservations that are active at `now`. Their types
     /// were validated against the catalog when the reservations came in.
     pub(crate) fn active_reserved(&self, pool: PoolIdx, now: Timestamp) -> Ie {
-        self.pools[pool.get()]
-            .reservations
+        let pool = &self.pools[pool.get()];
+        pool.reservations
             .iter()
-            .filter(|r| r.is_active(now))
+            .zip(&pool.reservation_ie)
+            .filter(|(r, _)| r.is_active(now))
+            .map(|(_, ie)| *ie)
+            .sum()
+    }
+
+    /// Sets a pool's reservations (their types were validated against the
+    /// catalog), with each one's IE counted once.
+    pub(crate) fn set_reservations(&mut self, pool: PoolIdx, reservations: Vec<Reservation>) {
+        let ie = reservations
+            .iter()
             .map(|r| {
                 let one = self
                     .catalog
@@ -288,7 +512,10 @@ impl Market {
                     .expect("validated on input");
                 Ie::from_micro(one.as_micro() * u64::from(r.count))
             })
-            .sum()
+            .collect();
+        let p = &mut self.pools[pool.get()];
+        p.reservations = reservations;
+        p.reservation_ie = ie;
     }
 
     /// The next instant after `now` at which a reservation starts or ends.

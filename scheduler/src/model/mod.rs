@@ -46,8 +46,9 @@ pub(crate) struct Team {
     pub(crate) jobs: BTreeSet<JobId>,
 }
 
-/// Key of the failed-shape cache: jobs of one tier with the same request and
-/// the same job-independent hard constraints meet the same hosts.
+/// Key of the failed-shape cache: jobs of one tier with the same request,
+/// the same job-independent hard constraints and the same declared runtime
+/// and checkpointing (which the forecast checks read) meet the same hosts.
 #[derive(
     Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -55,6 +56,9 @@ pub(crate) struct ShapeKey {
     pub(crate) tier: Tier,
     pub(crate) request: Resources,
     pub(crate) constraints: Vec<Constraint>,
+    /// The forecast checks depend on these too.
+    pub(crate) expected_runtime: Option<crate::units::time::DurationMs>,
+    pub(crate) checkpoints: bool,
 }
 
 impl ShapeKey {
@@ -70,6 +74,8 @@ impl ShapeKey {
             tier: spec.tier,
             request: spec.request.clone(),
             constraints: spec.hard_constraints.clone(),
+            expected_runtime: spec.expected_runtime,
+            checkpoints: spec.checkpoint_interval.is_some(),
         })
     }
 }
@@ -289,6 +295,7 @@ impl State {
         let is_leased = host.n_flex_tasks > 0;
         if !is_leased {
             host.reclaiming = false;
+            host.returning = None;
         }
         // A task arriving or leaving changes the holdings of every team on
         // the host (they share it by dominant shares): move each by its change.

@@ -23,6 +23,7 @@ use crate::spec::job::Tier;
 use crate::units::ids::{HostIdx, JobId, PoolIdx, TaskId, TeamIdx, ZoneIdx};
 use crate::units::ie::Ie;
 use crate::units::resources::Resources;
+use crate::units::time::Timestamp;
 use crate::util::{FxMap, FxSet};
 
 /// A touched host's tentative figures.
@@ -365,11 +366,44 @@ fn restore<K: std::hash::Hash + Eq, V>(map: &mut FxMap<K, V>, key: K, prev: Opti
 pub(crate) struct View<'a> {
     pub(crate) state: &'a State,
     pub(crate) overlay: &'a Overlay,
+    /// The instant the view is read at (a round's or a commit's `now`), for
+    /// the checks that look at the forecast.
+    pub(crate) now: Timestamp,
+    /// When each leased host's lease is expected to end, from the demand
+    /// forecast (the round works it out; see `Planner::lease_ends`).
+    pub(crate) lease_ends: Option<&'a FxMap<HostIdx, Timestamp>>,
 }
 
 impl<'a> View<'a> {
+    /// The state at the latest input's time.
     pub(crate) fn new(state: &'a State, overlay: &'a Overlay) -> Self {
-        View { state, overlay }
+        View::at(state, overlay, state.last_now)
+    }
+
+    /// The state read at `now` (not earlier than the latest input).
+    pub(crate) fn at(state: &'a State, overlay: &'a Overlay, now: Timestamp) -> Self {
+        View {
+            state,
+            overlay,
+            now: now.max(state.last_now),
+            lease_ends: None,
+        }
+    }
+
+    /// This view with the round's expected lease ends.
+    pub(crate) fn with_lease_ends(mut self, ends: &'a FxMap<HostIdx, Timestamp>) -> Self {
+        self.lease_ends = Some(ends);
+        self
+    }
+
+    /// When the host's lease is expected to end, if the forecast says.
+    pub(crate) fn lease_end(&self, h: HostIdx) -> Option<Timestamp> {
+        let marked = self.state.hosts[h].returning;
+        let predicted = self.lease_ends.and_then(|e| e.get(&h).copied());
+        match (marked, predicted) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     #[inline]

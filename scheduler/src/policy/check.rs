@@ -176,10 +176,33 @@ impl FeasibilityChecker for PoolSupplyChecker {
         // Over supply, reclaim is under way: more flex work anywhere in the
         // pool would only eat further into headroom and be preempted.
         if leased > supply || (needs_lease && leased + host.ie > supply) {
-            supply_short()
-        } else {
-            Ok(())
+            return supply_short();
         }
+        // With a forecast: work that would still run when capacity is due
+        // back stays off it — off a new lease the forecast supply would not
+        // cover for the task's runtime, and off a leased host whose lease is
+        // expected to end before the task would (a host marked returning, or
+        // by the round's prediction). Checkpointing tasks lose little and may
+        // go anywhere; work of unknown length counts as running the drain lead.
+        let now = view.now;
+        let runtime = match job.spec.checkpoint_interval {
+            Some(_) => return Ok(()),
+            None => job.spec.expected_runtime,
+        };
+        let d = runtime.unwrap_or(market.config.forecast_drain_lead);
+        if !needs_lease
+            && let Some(end) = view.lease_end(h)
+            && now.saturating_add(d) > end
+        {
+            return Err(Reason::LeaseEndsSoon(pool.id.clone()));
+        }
+        if needs_lease
+            && market.has_forecast(host.pool, now)
+            && leased + host.ie > market.min_forecast_supply(host.pool, now, now.saturating_add(d))
+        {
+            return Err(Reason::LeaseEndsSoon(pool.id.clone()));
+        }
+        Ok(())
     }
 }
 

@@ -282,8 +282,7 @@ pub(crate) fn projected_leases(view: &View<'_>, pool_idx: PoolIdx) -> crate::uni
     let mut projected = view.leased(pool_idx);
     for &h in &pool.hosts {
         let host = &state.hosts[h];
-        if view.n_flex(h) > 0 && (view.reclaiming(h) || preemptible_tasks(view, h).next().is_none())
-        {
+        if view.n_flex(h) > 0 && preemptible_tasks(view, h).next().is_none() {
             projected = projected.saturating_sub(host.ie);
         }
     }
@@ -349,13 +348,13 @@ pub(crate) fn plan_reclaim(
         if view.n_flex(h) == 0 {
             continue;
         }
+        // A host is on its way out only when none of its flex work still
+        // runs: a reclaiming mark alone is not trusted.
         let mut facts = VictimSet::default();
-        if !view.reclaiming(h) {
-            for &t in &host.tasks {
-                let job = &state.jobs[&t.job];
-                if is_preemptible(job, t) && !round.chosen.contains(&t) {
-                    facts.count(job, t, now);
-                }
+        for &t in &host.tasks {
+            let job = &state.jobs[&t.job];
+            if is_preemptible(job, t) && !round.chosen.contains(&t) {
+                facts.count(job, t, now);
             }
         }
         if facts.n == 0 {
@@ -367,7 +366,15 @@ pub(crate) fn plan_reclaim(
     if projected <= supply {
         return Vec::new();
     }
-    ranked.sort_unstable_by(|a, b| compare(policy, &a.0, &b.0).then(a.1.cmp(&b.1)));
+    // Hosts the forecast marked returning go first: they were kept from new
+    // long work so that they would have the least left to lose now.
+    let returning = |h: HostIdx| state.hosts[h].returning.is_none();
+    ranked.sort_unstable_by(|a, b| {
+        returning(a.2)
+            .cmp(&returning(b.2))
+            .then(compare(policy, &a.0, &b.0))
+            .then(a.1.cmp(&b.1))
+    });
     let cause = PreemptCause::Reclaim {
         pool: pool.id.clone(),
     };

@@ -15,10 +15,14 @@ use crate::util::FxMap;
 /// lease another host and a flex job lost for lack of its supply), the
 /// highest bid among the jobs that lost for lack of that pool's supply,
 /// never below the floor. `lost` maps each pool to that highest losing bid
-/// (jobs without a bid count as zero).
+/// (jobs without a bid count as zero); `won` to the lowest bid that won one
+/// of its leases this round, which caps the price (a uniform price lies
+/// between the highest losing and the lowest winning bid; they cross only
+/// when an all-or-nothing gang lost).
 pub(crate) fn clearing_prices(
     view: &View<'_>,
     lost: &FxMap<PoolIdx, Price>,
+    won: &FxMap<PoolIdx, Price>,
 ) -> Vec<(PoolId, Price)> {
     let state = view.state;
     let market = &state.market;
@@ -39,6 +43,7 @@ pub(crate) fn clearing_prices(
                     .min();
                 let leased = view.leased(p);
                 let contended = cheapest_new_lease.is_none_or(|ie| leased + ie > supply);
+                let bid = won.get(&p).map_or(bid, |&w| bid.min(w));
                 if contended { bid.max(floor) } else { floor }
             }
             None => floor,

@@ -88,6 +88,7 @@ impl Fleet {
             ie: Ie::ZERO,
             pool,
             reclaiming: false,
+            returning: None,
             flex_shares: Vec::new(),
             flex_share_total: 0,
         };

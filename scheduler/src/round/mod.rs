@@ -36,9 +36,10 @@ use crate::policy::search::{Pipeline, SearchOutcome};
 use crate::spec::job::Tier;
 use crate::spec::reason::{PendingReasons, Reason};
 use crate::units::ids::{HostId, HostIdx, JobId, PoolId, PoolIdx, RunId, TaskId, TeamIdx};
+use crate::units::ie::Ie;
 use crate::units::price::Price;
 use crate::units::time::Timestamp;
-use crate::util::FxMap;
+use crate::util::{FxMap, FxSet};
 
 /// A planned placement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,16 @@ pub struct Unplaced {
     pub n_tasks: u32,
     /// Why, counted over hosts.
     pub reasons: Arc<PendingReasons>,
+}
+
+/// A change to a host's *returning* mark: the forecast says its lease is
+/// needed back at `due` (or, with `None`, no longer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    /// The host.
+    pub host: HostId,
+    /// When its capacity is due back; `None` clears the mark.
+    pub due: Option<Timestamp>,
 }
 
 /// Counters for one round.
@@ -102,6 +113,8 @@ pub struct Plan {
     pub prices: Vec<(PoolId, Price)>,
     /// When a disruption budget that held reclaim back gains room, if one did.
     pub budget_wakeup: Option<Timestamp>,
+    /// Hosts to start or stop returning ahead of forecast demand.
+    pub drains: Vec<Drain>,
     /// Counters.
     pub stats: RoundStats,
     /// The state generation the plan was made from.
@@ -124,6 +137,7 @@ impl PartialEq for Plan {
             && self.preemptions == o.preemptions
             && self.prices == o.prices
             && self.budget_wakeup == o.budget_wakeup
+            && self.drains == o.drains
             && self.stats == o.stats
             && self.basis == o.basis
             && self.learned_failures == o.learned_failures
@@ -178,6 +192,9 @@ pub(crate) struct Planner<'a> {
     /// (a gang rollback forgets the ones learned while its members were charged).
     learned: FxMap<ShapeKey, Arc<PendingReasons>>,
     learned_order: Vec<ShapeKey>,
+    /// When each leased host's lease is expected to end, by the forecast
+    /// (see [`Planner::predict_lease_ends`]); empty without forecasts.
+    lease_ends: FxMap<HostIdx, Timestamp>,
 }
 
 impl<'a> Planner<'a> {
@@ -192,11 +209,12 @@ impl<'a> Planner<'a> {
             stats: RoundStats::default(),
             learned: FxMap::default(),
             learned_order: Vec::new(),
+            lease_ends: predict_lease_ends(state, now),
         }
     }
 
     fn view(&self) -> View<'_> {
-        View::new(self.state, &self.overlay)
+        View::at(self.state, &self.overlay, self.now).with_lease_ends(&self.lease_ends)
     }
 
     /// Plans reclaim, every tier's placements, room for critical tasks and prices.
@@ -229,7 +247,7 @@ impl<'a> Planner<'a> {
         for u in &self.unplaced {
             let job = &state.jobs[&u.job];
             if job.spec.tier == Tier::Critical && u.reasons.resolvable_by_preemption() {
-                let view = View::new(state, &self.overlay);
+                let view = View::at(state, &self.overlay, now);
                 let req = RoomRequest {
                     job: u.job,
                     n_tasks: u.n_tasks,
@@ -265,7 +283,24 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let prices = clearing_prices(&self.view(), &lost);
+        // A pool's price never exceeds the bid of a job that won one of its
+        // leases this round (the first flex task on a host without flex
+        // work): with all-or-nothing gangs, a higher bid can lose while a
+        // lower one wins, and the winner must not be priced above its bid.
+        let mut won: FxMap<PoolIdx, Price> = FxMap::default();
+        let mut new_leases: FxSet<HostIdx> = FxSet::default();
+        for a in &self.assignments {
+            let spec = &state.jobs[&a.run.task.job].spec;
+            let h = state.hosts.idx(&a.host).expect("assigned host exists");
+            if spec.tier == Tier::Flex && state.hosts[h].n_flex_tasks == 0 && new_leases.insert(h) {
+                let bid = spec.bid.unwrap_or(Price::ZERO);
+                let e = won.entry(state.hosts[h].pool).or_insert(bid);
+                *e = (*e).min(bid);
+            }
+        }
+        let prices = clearing_prices(&self.view(), &lost, &won);
+        // 5. Forecast: which leases to return ahead of demand.
+        let drains = self.plan_drains();
         self.stats.n_preempted = preemptions.len() as u32;
         let learned_failures = self
             .learned_order
@@ -280,6 +315,7 @@ impl<'a> Planner<'a> {
             preemptions,
             prices,
             budget_wakeup: victims.budget_wakeup,
+            drains,
             stats: self.stats,
             basis: state.generation,
             learned_failures,
@@ -291,6 +327,93 @@ impl<'a> Planner<'a> {
     /// tier the team's next job's bid comes first (the market: a higher bid
     /// is served first, whatever the team), and fair share orders teams
     /// bidding the same; the critical tier ignores bids.
+    /// Returning hosts (step 5): per pool with a forecast, enough leased
+    /// hosts to cover the drop the forecast predicts within the drain lead
+    /// are marked due back, those with the least work left first; marks
+    /// beyond the need (by more than one host) are cleared, the busiest first.
+    fn plan_drains(&self) -> Vec<Drain> {
+        let state = self.state;
+        let market = &state.market;
+        let now = self.now;
+        let lead = now.saturating_add(market.config.forecast_drain_lead);
+        let view = self.view();
+        let mut out = Vec::new();
+        for p in 0..market.pools.len() {
+            let p = PoolIdx::from_usize(p);
+            let pool = &market.pools[p.get()];
+            let leased_hosts: Vec<HostIdx> = pool
+                .hosts
+                .iter()
+                .copied()
+                .filter(|&h| view.n_flex(h) > 0)
+                .collect();
+            let marked: Vec<HostIdx> = leased_hosts
+                .iter()
+                .copied()
+                .filter(|&h| state.hosts[h].returning.is_some())
+                .collect();
+            if !market.has_forecast(p, now) {
+                out.extend(marked.iter().map(|&h| Drain {
+                    host: state.hosts[h].spec.id.clone(),
+                    due: None,
+                }));
+                continue;
+            }
+            let leased = view.leased(p);
+            let need = leased.saturating_sub(market.min_forecast_supply(p, now, lead));
+            let mut returning: Ie = marked.iter().map(|&h| state.hosts[h].ie).sum();
+            let work_left = |h: HostIdx| work_left(state, h, now);
+            if need > returning {
+                let due = market
+                    .forecast_shortfall_at(p, leased, now, lead)
+                    .unwrap_or(lead);
+                let mut candidates: Vec<(u64, u64, HostIdx)> = leased_hosts
+                    .iter()
+                    .copied()
+                    .filter(|&h| {
+                        let host = &state.hosts[h];
+                        host.returning.is_none() && !view.reclaiming(h)
+                    })
+                    .map(|h| (work_left(h), state.hosts[h].rank, h))
+                    .collect();
+                candidates.sort_unstable();
+                for (_, _, h) in candidates {
+                    if returning >= need {
+                        break;
+                    }
+                    returning += state.hosts[h].ie;
+                    out.push(Drain {
+                        host: state.hosts[h].spec.id.clone(),
+                        due: Some(due),
+                    });
+                }
+            } else {
+                let mut busiest: Vec<(u64, u64, HostIdx)> = marked
+                    .iter()
+                    .map(|&h| (work_left(h), state.hosts[h].rank, h))
+                    .collect();
+                busiest.sort_unstable_by(|a, b| b.cmp(a));
+                for (_, _, h) in busiest {
+                    let ie = state.hosts[h].ie;
+                    if returning.saturating_sub(ie) < need {
+                        break;
+                    }
+                    // Keep one host of slack: marks flapping each round would
+                    // send work on and off a host the forecast still doubts.
+                    if returning.saturating_sub(ie) < need + pool.min_host_ie.unwrap_or(ie) {
+                        break;
+                    }
+                    returning -= ie;
+                    out.push(Drain {
+                        host: state.hosts[h].spec.id.clone(),
+                        due: None,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Bid displacement (step 3b of [`Planner::run`]): highest bids first,
     /// each on the leased hosts of the pools it lost in for lack of supply,
     /// displacing only flex work whose bid is below `bid / (1 + margin)`.
@@ -326,7 +449,7 @@ impl<'a> Planner<'a> {
             let may_displace = |j: &crate::model::job::Job| {
                 j.spec.tier == Tier::Flex && j.spec.bid.map_or(0, |b| b.as_micros()) < threshold
             };
-            let view = View::new(state, &self.overlay);
+            let view = self.view();
             let hosts: Vec<HostIdx> = pools
                 .iter()
                 .flat_map(|p| state.market.pools[p.get()].hosts.iter().copied())
@@ -588,4 +711,80 @@ fn next_task(
             None => finish_job(cursor),
         }
     }
+}
+
+/// Work left on a host (ms), by its tasks' declared runtimes; unknown
+/// runtimes count as a whole drain lead.
+fn work_left(state: &State, h: HostIdx, now: Timestamp) -> u64 {
+    let lead = state.market.config.forecast_drain_lead.as_millis();
+    state.hosts[h]
+        .tasks
+        .iter()
+        .map(|t| {
+            let job = &state.jobs[&t.job];
+            let task = &job.tasks[t.index as usize];
+            let ran = task
+                .started_at
+                .map_or(0, |s| now.saturating_since(s).as_millis());
+            match job.spec.expected_runtime {
+                Some(d) => d.as_millis().saturating_sub(ran),
+                None => lead,
+            }
+        })
+        .sum()
+}
+
+/// When each leased host's lease is expected to end, by the demand
+/// forecast: per pool with one, leased hosts are put in the order they
+/// would be given back — hosts already marked returning by their due time,
+/// then the rest by least work left (the order drains pick them in) — and
+/// host k of that order ends when the forecast supply first falls below the
+/// pool's leased IE less the hosts before it. Placement keeps work off a
+/// host whose lease ends before the work would, so the host predicted to go
+/// first keeps the shortest work and stays first: the order is stable.
+fn predict_lease_ends(state: &State, now: Timestamp) -> FxMap<HostIdx, Timestamp> {
+    let market = &state.market;
+    let mut out = FxMap::default();
+    for p in 0..market.pools.len() {
+        let p = PoolIdx::from_usize(p);
+        if !market.has_forecast(p, now) {
+            continue;
+        }
+        let pool = &market.pools[p.get()];
+        let mut order: Vec<(bool, Option<Timestamp>, u64, u64, HostIdx)> = pool
+            .hosts
+            .iter()
+            .copied()
+            .filter(|&h| state.hosts[h].n_flex_tasks > 0)
+            .map(|h| {
+                let host = &state.hosts[h];
+                let not_returning = host.returning.is_none();
+                (
+                    not_returning,
+                    host.returning,
+                    work_left(state, h, now),
+                    host.rank,
+                    h,
+                )
+            })
+            .collect();
+        if order.is_empty() {
+            continue;
+        }
+        order.sort_unstable();
+        let leased: Ie = order.iter().map(|o| state.hosts[o.4].ie).sum();
+        let mut thresholds = Vec::with_capacity(order.len());
+        let mut before = Ie::ZERO;
+        for o in &order {
+            thresholds.push(leased.saturating_sub(before));
+            before += state.hosts[o.4].ie;
+        }
+        let ends = market.shortfall_times(p, now, &thresholds);
+        for (o, end) in order.iter().zip(ends) {
+            if let Some(end) = end {
+                out.insert(o.4, end);
+            }
+        }
+    }
+    out
 }

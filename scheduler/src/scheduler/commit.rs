@@ -189,6 +189,15 @@ impl Scheduler {
                     .or_insert_with(|| reasons.clone());
             }
         }
+        // Returning marks: only on hosts still leased; clearing always holds.
+        for d in &plan.drains {
+            if let Some(h) = self.state.hosts.idx(&d.host) {
+                let host = &mut self.state.hosts[h];
+                if d.due.is_none() || host.n_flex_tasks > 0 {
+                    host.returning = d.due;
+                }
+            }
+        }
         self.state.budget_wakeup = plan.budget_wakeup;
         self.n_rounds += 1;
         self.state.last_now = now;
@@ -262,19 +271,7 @@ impl Scheduler {
     /// lost work is booked then.
     fn apply_preemption(&mut self, p: &Preemption, h: HostIdx, now: Timestamp) -> Vec<TaskId> {
         let task = p.run.task;
-        if let PreemptCause::Reclaim { .. } = p.cause {
-            self.state.hosts[h].reclaiming = true;
-        }
-        let job = self
-            .state
-            .jobs
-            .get_mut(&task.job)
-            .expect("victim's job exists");
-        if let Some(budget) = &job.spec.disruption_budget {
-            let horizon = now.as_millis().saturating_sub(budget.window.as_millis());
-            job.preempted_at.retain(|t| t.as_millis() > horizon);
-            job.preempted_at.push(now);
-        }
+        self.note_disruption(task.job, now);
         let (run, host, cause, emergency, over_budget) = (
             p.run,
             p.host.clone(),
@@ -291,7 +288,45 @@ impl Scheduler {
         });
         self.begin_stop(task, StopCause::Preempt, p.over_budget, p.grace, now);
         // A gang is preempted whole (the round ranks it as one victim set).
-        self.stop_gang(task, StopCause::Preempt, p.over_budget, now)
+        let with_gang = self.stop_gang(task, StopCause::Preempt, p.over_budget, now);
+        // Every task stopped counts against its job's disruption budget.
+        for t in &with_gang {
+            self.note_disruption(t.job, now);
+        }
+        // A reclaimed host takes no new flex work until it is empty — but
+        // only a host reclaim is emptying: a gang member stopped here with
+        // its gang elsewhere leaves the host's other work, and its lease,
+        // in place (marking it would hide that lease from the next reclaim).
+        if let PreemptCause::Reclaim { .. } = p.cause {
+            let hosts: Vec<HostIdx> = std::iter::once(h)
+                .chain(with_gang.iter().filter_map(|t| {
+                    let job = &self.state.jobs[&t.job];
+                    job.tasks[t.index as usize].phase.host()
+                }))
+                .collect();
+            for x in hosts {
+                let emptied = !self.state.hosts[x].tasks.iter().any(|t| {
+                    let job = &self.state.jobs[&t.job];
+                    job.spec.tier == crate::spec::job::Tier::Flex
+                        && job.tasks[t.index as usize].phase.is_live_run()
+                });
+                if emptied {
+                    self.state.hosts[x].reclaiming = true;
+                }
+            }
+        }
+        with_gang
+    }
+
+    /// Records a preemption of one of `job`'s tasks at `now` for its
+    /// disruption budget (forgetting those older than the budget's window).
+    fn note_disruption(&mut self, job: JobId, now: Timestamp) {
+        let job = self.state.jobs.get_mut(&job).expect("victim's job exists");
+        if let Some(budget) = &job.spec.disruption_budget {
+            let horizon = now.as_millis().saturating_sub(budget.window.as_millis());
+            job.preempted_at.retain(|t| t.as_millis() > horizon);
+            job.preempted_at.push(now);
+        }
     }
 
     /// Rebuilds a round's placements against the current state, refusing

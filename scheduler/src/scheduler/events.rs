@@ -137,6 +137,13 @@ pub enum MarketInput {
         /// Demand in IE.
         demand: Ie,
     },
+    /// A streaming-demand forecast was reported.
+    Forecast {
+        /// The pool.
+        pool: PoolId,
+        /// Its points.
+        n_points: u32,
+    },
     /// A region failed over, or came back.
     Failover {
         /// The region.

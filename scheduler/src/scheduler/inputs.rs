@@ -43,6 +43,7 @@ impl Scheduler {
                 ie,
                 pool,
                 reclaiming: false,
+                returning: None,
                 flex_shares: Vec::new(),
                 flex_share_total: 0,
             });
@@ -565,6 +566,13 @@ impl Scheduler {
             changed = true;
         }
         self.state.market.reserved_at = self.state.market.reserved_at.max(now);
+        // Forecast checks look ahead from `now`: a shape that failed against
+        // an earlier window may fit in a later one.
+        let any_forecast = (0..self.state.market.pools.len())
+            .any(|p| self.state.market.has_forecast(PoolIdx::from_usize(p), now));
+        if any_forecast {
+            self.state.forget_failed_shapes();
+        }
         if self.state.budget_wakeup.is_some_and(|w| w <= now) {
             self.state.budget_wakeup = None;
             changed = true;
@@ -671,7 +679,7 @@ impl Scheduler {
             let idx = s.configured_pool(pool)?;
             validate::validate_reservations(&s.state.market.catalog, &reservations)?;
             s.accrue_market(now);
-            s.state.market.pools[idx.get()].reservations = reservations;
+            s.state.market.set_reservations(idx, reservations);
             let reserved = s.state.market.active_reserved(idx, now);
             s.state.market.pools[idx.get()].reserved = reserved;
             s.state.market.recompute();
@@ -698,6 +706,47 @@ impl Scheduler {
             let pool = pool.clone();
             s.emit(now, || EventKind::MarketInput {
                 input: MarketInput::StreamingDemand { pool, demand },
+            });
+            Ok(())
+        })
+    }
+
+    /// A forecast of a pool's streaming demand: points `(time, demand)`, as a
+    /// streaming autoscaler publishes them, replacing the previous forecast.
+    /// The market then keeps work that would outlast its capacity off it,
+    /// and returns hosts ahead of the demand (see `MarketConfig::forecast_drain_lead`).
+    /// An empty list withdraws the forecast. Points must be in time order.
+    pub fn handle_demand_forecast(
+        &mut self,
+        now: Timestamp,
+        pool: &PoolId,
+        points: Vec<(Timestamp, Ie)>,
+    ) -> Result<(), InputError> {
+        self.input(now, |s| {
+            let idx = s.configured_pool(pool)?;
+            if points.windows(2).any(|w| w[1].0 <= w[0].0) {
+                return Err(InputError::field(
+                    "forecast.points",
+                    "must be in strictly increasing time order",
+                ));
+            }
+            /// More points than any hourly-to-minutely forecast of a few days.
+            const MAX_POINTS: usize = 10_000;
+            if points.len() > MAX_POINTS {
+                return Err(InputError::field(
+                    "forecast.points",
+                    format!("at most {MAX_POINTS} points"),
+                ));
+            }
+            s.state.forget_failed_shapes();
+            let n_points = points.len() as u32;
+            let p = &mut s.state.market.pools[idx.get()];
+            p.forecast = points;
+            p.forecast_at = now;
+            s.state.market.recompute();
+            let pool = pool.clone();
+            s.emit(now, || EventKind::MarketInput {
+                input: MarketInput::Forecast { pool, n_points },
             });
             Ok(())
         })

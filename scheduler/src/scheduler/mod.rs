@@ -102,6 +102,16 @@ impl TaskState {
         }
     }
 
+    /// The host the task is placed on (assigned, running or stopping).
+    pub fn host(&self) -> Option<&HostId> {
+        match self {
+            TaskState::Assigned { host }
+            | TaskState::Running { host }
+            | TaskState::Stopping { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+
     /// True for completed, failed and killed.
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -73,6 +73,8 @@ struct PoolRecord {
     streaming: Ie,
     clearing_price: Price,
     min_host_ie: Option<Ie>,
+    forecast: Vec<(Timestamp, Ie)>,
+    forecast_at: Timestamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,6 +132,7 @@ impl Scheduler {
                     state: h.state,
                     rank: h.rank,
                     reclaiming: h.reclaiming,
+                    returning: h.returning,
                     tasks: h.tasks.clone(),
                 })
             })
@@ -155,6 +158,8 @@ impl Scheduler {
                     streaming: p.streaming,
                     clearing_price: p.clearing_price,
                     min_host_ie: p.min_host_ie,
+                    forecast: p.forecast.clone(),
+                    forecast_at: p.forecast_at,
                 })
                 .collect(),
             failed_over: st.market.failed_over.iter().cloned().collect(),
@@ -195,11 +200,13 @@ impl Scheduler {
             let idx = st.market.pool_idx(&p.id);
             let pool = &mut st.market.pools[idx.get()];
             pool.spec = p.spec;
-            pool.reservations = p.reservations;
             pool.reserved = p.reserved;
             pool.streaming = p.streaming;
             pool.clearing_price = p.clearing_price;
             pool.min_host_ie = p.min_host_ie;
+            pool.forecast = p.forecast;
+            pool.forecast_at = p.forecast_at;
+            st.market.set_reservations(idx, p.reservations);
         }
         st.market.failed_over = snap.failed_over.into_iter().collect();
         st.market.reserved_at = snap.reserved_at;
@@ -208,7 +215,7 @@ impl Scheduler {
         // Hosts, empty at first, then jobs, then every task charged back onto its host.
         let mut slots: Vec<Option<Host>> = Vec::with_capacity(snap.hosts.len());
         let mut host_tasks: Vec<(HostIdx, Vec<TaskId>)> = Vec::new();
-        let mut reclaiming: Vec<HostIdx> = Vec::new();
+        let mut reclaiming: Vec<(HostIdx, bool, Option<Timestamp>)> = Vec::new();
         for (i, rec) in snap.hosts.into_iter().enumerate() {
             let Some(rec) = rec else {
                 slots.push(None);
@@ -234,6 +241,7 @@ impl Scheduler {
                 ie,
                 pool,
                 reclaiming: false,
+                returning: None,
                 flex_shares: Vec::new(),
                 flex_share_total: 0,
             };
@@ -259,8 +267,8 @@ impl Scheduler {
             }
             host_tasks.push((h, rec.tasks));
             // Set after charging: charging clears it on hosts without flex work.
-            if rec.reclaiming {
-                reclaiming.push(h);
+            if rec.reclaiming || rec.returning.is_some() {
+                reclaiming.push((h, rec.reclaiming, rec.returning));
             }
             slots.push(Some(host));
         }
@@ -317,8 +325,9 @@ impl Scheduler {
             }
             st.charge(*h, tasks, true, now);
         }
-        for h in reclaiming {
-            st.hosts[h].reclaiming = true;
+        for (h, reclaim, returning) in reclaiming {
+            st.hosts[h].reclaiming = reclaim;
+            st.hosts[h].returning = returning;
         }
         // Every placed task must have been listed on its host.
         let n_placed: usize = st.jobs.values().map(|j| j.n_placed as usize).sum();

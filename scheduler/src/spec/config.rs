@@ -256,6 +256,12 @@ impl SchedulerConfig {
                 format!("must be at most {} ms", MAX_GRACE.as_millis()),
             ));
         }
+        if m.forecast_drain_lead > DurationMs::from_mins(24 * 60) {
+            return Err(InputError::field(
+                "market.forecast_drain_lead",
+                "must be at most a day",
+            ));
+        }
         if let Some(margin) = m.bid_preemption_margin
             && !(margin.is_finite() && margin >= 0.0)
         {

@@ -39,6 +39,12 @@ pub struct MarketConfig {
     /// would thrash, and each displacement loses work). `None` turns bid
     /// preemption off: bids then only order placement and victims.
     pub bid_preemption_margin: Option<f64>,
+    /// With a demand forecast, hosts whose lease the forecast says will be
+    /// needed back within this lead are *returning*: they take no new work
+    /// that would still run when the capacity is due, so most are empty by
+    /// then and little is lost. 30 minutes is about the longest encoding
+    /// chunk; longer leads return capacity earlier and harvest less.
+    pub forecast_drain_lead: DurationMs,
 }
 
 impl Default for MarketConfig {
@@ -53,6 +59,7 @@ impl Default for MarketConfig {
             // 50%: a bid must be half again as high to displace work, so a
             // displaced job outbidding back by a little displaces nothing.
             bid_preemption_margin: Some(0.5),
+            forecast_drain_lead: DurationMs::from_mins(30),
         }
     }
 }

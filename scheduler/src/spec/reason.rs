@@ -29,6 +29,9 @@ pub enum Reason {
     PoolSupply(PoolId),
     /// The pool's region is failed over: it takes no new flex leases.
     RegionEvacuated(PoolId),
+    /// The forecast says the pool's supply falls below this lease (or the
+    /// host is due back) before the task would finish.
+    LeaseEndsSoon(PoolId),
     /// The team reached its cap in this tier (task-level).
     TeamCapReached,
     /// A gang job could not place all of its tasks in one round (task-level).
@@ -82,6 +85,7 @@ impl Reason {
             Reason::GpuModel => "gpu_model",
             Reason::PoolSupply(_) => "pool_supply",
             Reason::RegionEvacuated(_) => "region_evacuated",
+            Reason::LeaseEndsSoon(_) => "lease_ends_soon",
             Reason::TeamCapReached => "team_cap_reached",
             Reason::GangIncomplete { .. } => "gang_incomplete",
             Reason::GangWaiting { .. } => "gang_waiting",
@@ -103,6 +107,12 @@ impl fmt::Display for Reason {
             Reason::PoolSupply(pool) => write!(f, "pool {pool} supply exhausted"),
             Reason::RegionEvacuated(pool) => {
                 write!(f, "pool {pool} is in a failed-over region")
+            }
+            Reason::LeaseEndsSoon(pool) => {
+                write!(
+                    f,
+                    "pool {pool} capacity is due back before the task would end"
+                )
             }
             Reason::TeamCapReached => f.write_str("team cap reached"),
             Reason::GangIncomplete { n_placed, n_needed } => {

@@ -61,3 +61,14 @@ pub fn run(s: &Scheduler, task: TaskId) -> RunId {
 pub fn round(s: &mut Scheduler, now: Timestamp) -> Plan {
     s.run_round(now).expect("time moves forward").0
 }
+
+/// Proptest cases: `default`, or `PROPTEST_CASES` when set (for long runs:
+/// `PROPTEST_CASES=5000 cargo test --release ...`). An explicit `cases` in a
+/// config would otherwise ignore the variable.
+#[allow(dead_code, clippy::disallowed_methods)] // a test knob, not configuration
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
