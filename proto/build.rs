@@ -4,7 +4,12 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/ebb/v1/ebb.proto"];
+    let files = [
+        "proto/ebb/v1/common.proto",
+        "proto/ebb/v1/jobs.proto",
+        "proto/ebb/v1/market.proto",
+        "proto/ebb/v1/executor.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
@@ -14,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("ebb_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // types tonic-types and callers use.
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,12 +1,35 @@
-//! The Ebb control plane (`ebb server`): tonic services that own one
-//! scheduler core, feed it inputs with `now`, persist its plans and send the
-//! resulting actions to executors.
+//! The Ebb control plane (`ebb server`) and its CLI (`ebb`).
 //!
-//! The control plane itself is the subject of a later issue. What exists now
-//! is the one module where wire types become core types ([`convert`]), so
-//! that the scheduler never depends on protobuf (architecture invariant 3),
-//! and the reservation sources ([`capacity`]: a static file, or EC2 behind
-//! the default `ec2` feature) that will feed the market.
+//! ```text
+//!  gRPC (tonic) ──▶ services/ ──▶ driver/ (one thread owns the core) ──▶ store/ (redb)
+//!   jobs, market,    auth, validate,   apply ─▶ record ─▶ fsync ─▶ reply,   log, snapshot,
+//!   executors        role checks       round: plan ─▶ fsync ─▶ commit       job side data
+//!                                        └─▶ launch/stop on executor streams, watch events
+//! ```
+//!
+//! - [`convert`]: the one module where wire types become core types.
+//! - [`capacity`]: reservation sources (a static file, or EC2 behind the
+//!   default `ec2` feature) that feed the market.
+//! - [`validate`]: request rules shared by the server and the CLI.
+//! - [`error`]: errors to gRPC statuses with field violations.
+//! - [`auth`]: bearer tokens to principals, and who may do what.
+//! - [`driver`]: the loop around the sans-IO scheduler core.
+//! - [`store`]: the `Store` trait and the embedded redb store.
+//! - [`records`]: what is made durable.
+//! - [`services`], [`server`], [`http`], [`metrics`]: the network shell.
+//! - [`cli`]: the `ebb` command-line client.
 
+pub mod auth;
 pub mod capacity;
+pub mod cli;
+pub mod config;
 pub mod convert;
+pub mod driver;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod records;
+pub mod server;
+pub mod services;
+pub mod store;
+pub mod validate;

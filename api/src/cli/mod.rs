@@ -1,0 +1,696 @@
+//! The `ebb` command line: `ebb server` and the client commands (`job`,
+//! `capacity`, `price`, `ledger`). Client commands find the server with
+//! `--addr`/`EBB_ADDR` and authenticate with `--token`/`EBB_TOKEN`; errors
+//! print the server's message and every offending field, and exit non-zero.
+
+pub mod jobfile;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ebb_proto::v1 as pb;
+use ebb_proto::v1::job_service_client::JobServiceClient;
+use ebb_proto::v1::market_service_client::MarketServiceClient;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+use crate::error::Violation;
+
+/// The `ebb` command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ebb",
+    version,
+    about = "Ebb: an internal spot market for idle reserved capacity"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// What to do.
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (gRPC on 127.0.0.1:7600, metrics on 127.0.0.1:7601).
+    Server(ServerArgs),
+    /// Submit, inspect, watch and cancel jobs.
+    Job {
+        #[command(flatten)]
+        /// Where the server is.
+        conn: Conn,
+        #[command(subcommand)]
+        /// Which job command.
+        command: JobCommand,
+    },
+    /// Pools: reserved, streaming, headroom, supply, leased and idle IE.
+    Capacity {
+        #[command(flatten)]
+        /// Where the server is.
+        conn: Conn,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Clearing prices per pool.
+    Price {
+        #[command(flatten)]
+        /// Where the server is.
+        conn: Conn,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// IE-hours held, charges and work lost to preemption over a time range.
+    Ledger(LedgerArgs),
+}
+
+/// `ebb server` flags; each overrides the config file and has an `EBB_*` variable.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TOML configuration file (unknown keys are errors).
+    #[arg(long, env = "EBB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "EBB_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// HTTP listen address (/metrics, /healthz).
+    #[arg(long, env = "EBB_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Data directory of the embedded store.
+    #[arg(long, env = "EBB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "EBB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "EBB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "EBB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the server is and who we are.
+#[derive(Clone, Debug, Args)]
+pub struct Conn {
+    /// Server address.
+    #[arg(
+        long,
+        env = "EBB_ADDR",
+        default_value = "http://127.0.0.1:7600",
+        global = true
+    )]
+    pub addr: String,
+    /// Bearer token.
+    #[arg(long, env = "EBB_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify an https:// server with.
+    #[arg(long, env = "EBB_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `ebb job ...`
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job file (YAML or JSON), checked here with the server's rules first.
+    Submit {
+        /// The job file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Idempotency key (overrides the file's `request_id`): retrying returns the same job.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// List jobs.
+    List {
+        /// Only this team's.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only jobs in these phases.
+        #[arg(long, value_enum)]
+        phase: Vec<PhaseArg>,
+        /// Only jobs with this label (key=value), repeatable.
+        #[arg(long, value_parser = parse_label)]
+        label: Vec<(String, String)>,
+        /// At most this many (follows page tokens).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// A job's summary.
+    Get {
+        /// Job id.
+        job: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// A job's tasks.
+    Tasks {
+        /// Job id.
+        job: u64,
+        /// Only tasks in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// Job id.
+        job: u64,
+        /// SIGTERM-to-SIGKILL grace, e.g. 30s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
+    /// Follow a job with a progress bar until it ends.
+    Watch {
+        /// Job id.
+        job: u64,
+    },
+    /// A task's container output.
+    Logs {
+        /// Job id.
+        job: u64,
+        /// Task index.
+        task: u32,
+        /// Run attempt (default: the latest).
+        #[arg(long, default_value_t = 0)]
+        attempt: u32,
+        /// Lines from the end.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Why a job (or one task) is pending.
+    Why {
+        /// Job id.
+        job: u64,
+        /// One task.
+        #[arg(long)]
+        task: Option<u32>,
+    },
+}
+
+/// `ebb ledger` flags.
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(flatten)]
+    /// Where the server is.
+    pub conn: Conn,
+    /// Range start (RFC 3339, e.g. 2026-12-01T00:00:00Z); default: the beginning.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub from: Option<std::time::SystemTime>,
+    /// Range end (RFC 3339); default: now.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub to: Option<std::time::SystemTime>,
+    /// Group rows by pool or by team.
+    #[arg(long, value_enum, default_value_t = By::Team)]
+    pub by: By,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Ledger grouping.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    /// One row per pool.
+    Pool,
+    /// One row per team.
+    Team,
+}
+
+/// Output formats.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// Comma-separated values with a header.
+    Csv,
+    /// JSON.
+    Json,
+}
+
+/// Job phases for filters.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    /// No task holds a host.
+    Queued,
+    /// Some task holds a host.
+    Running,
+    /// Every task completed.
+    Succeeded,
+    /// Some task failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// Task states for filters.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// Waiting.
+    Pending,
+    /// Placed, not started.
+    Assigned,
+    /// Running.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Done.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel with the token attached.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Connects to the server.
+pub async fn connect(conn: &Conn) -> anyhow::Result<(Channel, Bearer)> {
+    let mut endpoint = Endpoint::from_shared(conn.addr.clone())
+        .with_context(|| format!("bad server address `{}`", conn.addr))?
+        .connect_timeout(Duration::from_secs(5));
+    if conn.addr.starts_with("https://") {
+        let ca = conn
+            .ca_cert
+            .as_ref()
+            .context("an https:// address needs --ca-cert (or EBB_CA_CERT)")?;
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        crate::server::install_crypto_provider();
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", conn.addr))?;
+    let token = conn
+        .token
+        .as_ref()
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .context("the token has characters a header cannot carry")?;
+    Ok((channel, Bearer(token)))
+}
+
+/// A job service client.
+pub async fn jobs_client(conn: &Conn) -> anyhow::Result<JobServiceClient<Authed>> {
+    let (ch, b) = connect(conn).await?;
+    Ok(JobServiceClient::with_interceptor(ch, b).max_decoding_message_size(64 << 20))
+}
+
+/// A market service client.
+pub async fn market_client(conn: &Conn) -> anyhow::Result<MarketServiceClient<Authed>> {
+    let (ch, b) = connect(conn).await?;
+    Ok(MarketServiceClient::with_interceptor(ch, b).max_decoding_message_size(64 << 20))
+}
+
+/// A failed client command: the server's status, or the file's violations.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The server refused.
+    #[error("{}", .0.message())]
+    Status(Status),
+    /// The job file is invalid.
+    #[error("the job file is invalid")]
+    Invalid(Vec<Violation>),
+    /// Anything else.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<Status> for CliError {
+    fn from(s: Status) -> Self {
+        CliError::Status(s)
+    }
+}
+
+impl CliError {
+    /// Prints the error and the fields it names to stderr.
+    pub fn print(&self) {
+        match self {
+            CliError::Status(s) => {
+                eprintln!("error: {} ({:?})", s.message(), s.code());
+                for v in crate::error::violations(s) {
+                    eprintln!("  field `{}`: {}", v.field, v.description);
+                }
+            }
+            CliError::Invalid(v) => {
+                eprintln!("error: the job file is invalid");
+                for v in v {
+                    eprintln!("  field `{}`: {}", v.field, v.description);
+                }
+            }
+            CliError::Other(e) => eprintln!("error: {e:#}"),
+        }
+    }
+}
+
+/// Runs a client command; returns the process exit code.
+pub async fn run_client(command: Command) -> Result<i32, CliError> {
+    match command {
+        Command::Server(_) => unreachable!("handled by main"),
+        Command::Job { conn, command } => job(&conn, command).await,
+        Command::Capacity { conn, format } => {
+            let mut m = market_client(&conn).await?;
+            let pools = m
+                .list_pools(pb::ListPoolsRequest {})
+                .await?
+                .into_inner()
+                .pools;
+            output::capacity(&pools, format);
+            Ok(0)
+        }
+        Command::Price { conn, format } => {
+            let mut m = market_client(&conn).await?;
+            let pools = m
+                .list_pools(pb::ListPoolsRequest {})
+                .await?
+                .into_inner()
+                .pools;
+            output::prices(&pools, format);
+            Ok(0)
+        }
+        Command::Ledger(args) => {
+            let mut m = market_client(&args.conn).await?;
+            let ts = |t: std::time::SystemTime| prost_types::Timestamp::from(t);
+            let r = m
+                .get_ledger(pb::GetLedgerRequest {
+                    start_time: args.from.map(ts),
+                    end_time: args.to.map(ts),
+                })
+                .await?
+                .into_inner();
+            output::ledger(&r, args.by, args.format);
+            Ok(0)
+        }
+    }
+}
+
+async fn job(conn: &Conn, command: JobCommand) -> Result<i32, CliError> {
+    match command {
+        JobCommand::Submit { file, request_id } => {
+            let f = jobfile::read(&file)?;
+            let mut req = f.to_request().map_err(CliError::Invalid)?;
+            if let Some(id) = request_id {
+                req.request_id = id;
+            }
+            crate::validate::create_job(&req, &crate::validate::Limits::builtin())
+                .map_err(CliError::Invalid)?;
+            let mut c = jobs_client(conn).await?;
+            let job = c.create_job(req).await?.into_inner();
+            let spec = job.spec.as_ref();
+            println!(
+                "job {} created: {} ({} tasks, team {})",
+                job.job_id,
+                spec.map_or("", |s| s.name.as_str()),
+                spec.map_or(0, |s| s.n_tasks),
+                spec.map_or("", |s| s.team.as_str()),
+            );
+            Ok(0)
+        }
+        JobCommand::List {
+            team,
+            phase,
+            label,
+            limit,
+            format,
+        } => {
+            let mut c = jobs_client(conn).await?;
+            let mut jobs = Vec::new();
+            let mut token = String::new();
+            while jobs.len() < limit {
+                let page = c
+                    .list_jobs(pb::ListJobsRequest {
+                        team: team.clone().unwrap_or_default(),
+                        phases: phase.iter().map(|p| phase_wire(*p) as i32).collect(),
+                        labels: label.iter().cloned().collect(),
+                        page_size: (limit - jobs.len()).min(1000) as u32,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            output::jobs(&jobs, format);
+            Ok(0)
+        }
+        JobCommand::Get { job, format } => {
+            let mut c = jobs_client(conn).await?;
+            let j = c
+                .get_job(pb::GetJobRequest { job_id: job })
+                .await?
+                .into_inner();
+            output::job(&j, format);
+            Ok(0)
+        }
+        JobCommand::Tasks {
+            job,
+            state,
+            limit,
+            format,
+        } => {
+            let mut c = jobs_client(conn).await?;
+            let mut tasks = Vec::new();
+            let mut token = String::new();
+            while tasks.len() < limit {
+                let page = c
+                    .list_tasks(pb::ListTasksRequest {
+                        job_id: job,
+                        state: state.map_or(0, |s| state_wire(s) as i32),
+                        page_size: (limit - tasks.len()).min(1000) as u32,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                tasks.extend(page.tasks);
+                token = page.next_page_token;
+                if token.is_empty() {
+                    break;
+                }
+            }
+            output::tasks(&tasks, format);
+            Ok(0)
+        }
+        JobCommand::Cancel { job, grace } => {
+            let mut c = jobs_client(conn).await?;
+            let j = c
+                .cancel_job(pb::CancelJobRequest {
+                    job_id: job,
+                    grace: grace.map(|g| crate::convert::duration_to_wire(g.as_millis() as u64)),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "job {} cancelling ({})",
+                j.job_id,
+                output::phase_name(j.phase)
+            );
+            Ok(0)
+        }
+        JobCommand::Watch { job } => watch(conn, job).await,
+        JobCommand::Logs {
+            job,
+            task,
+            attempt,
+            tail,
+        } => {
+            let mut c = jobs_client(conn).await?;
+            let r = c
+                .get_task_logs(pb::GetTaskLogsRequest {
+                    job_id: job,
+                    task_index: task,
+                    attempt,
+                    tail_lines: tail,
+                })
+                .await?
+                .into_inner();
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&r.data)
+                .context("writing logs")?;
+            if r.truncated {
+                eprintln!("(output truncated by the executor)");
+            }
+            Ok(0)
+        }
+        JobCommand::Why { job, task } => {
+            let mut c = jobs_client(conn).await?;
+            let r = c
+                .explain_pending(pb::ExplainPendingRequest {
+                    job_id: job,
+                    task_index: task,
+                })
+                .await?
+                .into_inner();
+            output::why(&r);
+            Ok(0)
+        }
+    }
+}
+
+/// `ebb job watch`: a progress bar of task states until the job ends. The
+/// stream's events trigger count refreshes (at most every 300 ms, with
+/// `GetJob`, so the bar is exact however many events it skipped), and a
+/// dropped stream resumes from the last cursor.
+async fn watch(conn: &Conn, job: u64) -> Result<i32, CliError> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let mut c = jobs_client(conn).await?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} job {prefix} [{bar:40}] {pos}/{len} ended  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(job.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut cursor: Option<u64> = None;
+    let mut retries = 0;
+    let mut refresh = tokio::time::interval(Duration::from_millis(300));
+    let mut dirty = true;
+    let show = |j: &pb::Job| {
+        let counts = j.counts.unwrap_or_default();
+        bar.set_length(u64::from(j.spec.as_ref().map_or(0, |s| s.n_tasks)));
+        bar.set_position(u64::from(
+            counts.completed + counts.failed + counts.cancelled,
+        ));
+        bar.set_message(output::counts_line(&counts));
+    };
+    loop {
+        let stream = c
+            .watch_job(pb::WatchJobRequest {
+                job_id: job,
+                after_cursor: cursor,
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && retries < 10 => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let ended = loop {
+            tokio::select! {
+                msg = stream.message() => {
+                    let ev = match msg {
+                        Ok(Some(ev)) => ev,
+                        Ok(None) => break None,
+                        Err(s) if s.code() == tonic::Code::Unavailable => break None,
+                        Err(s) => return Err(s.into()),
+                    };
+                    retries = 0;
+                    cursor = Some(ev.cursor);
+                    dirty = true;
+                    match ev.kind {
+                        Some(pb::watch_event::Kind::Snapshot(s)) => {
+                            let j = s.job.unwrap_or_default();
+                            show(&j);
+                            if output::phase_ended(j.phase) {
+                                break Some(j.phase);
+                            }
+                        }
+                        Some(pb::watch_event::Kind::Finished(f)) => break Some(f.phase),
+                        _ => {}
+                    }
+                }
+                _ = refresh.tick(), if dirty => {
+                    dirty = false;
+                    let j = c.get_job(pb::GetJobRequest { job_id: job }).await?.into_inner();
+                    show(&j);
+                }
+            }
+        };
+        if let Some(phase) = ended {
+            let j = c
+                .get_job(pb::GetJobRequest { job_id: job })
+                .await?
+                .into_inner();
+            show(&j);
+            bar.finish();
+            println!("job {job} {}", output::phase_name(phase));
+            return Ok(if phase == pb::JobPhase::Succeeded as i32 {
+                0
+            } else {
+                1
+            });
+        }
+        // The stream dropped: resume from the last cursor.
+        retries += 1;
+        if retries > 10 {
+            return Err(CliError::Other(anyhow::anyhow!("lost the watch stream")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn phase_wire(p: PhaseArg) -> pb::JobPhase {
+    match p {
+        PhaseArg::Queued => pb::JobPhase::Queued,
+        PhaseArg::Running => pb::JobPhase::Running,
+        PhaseArg::Succeeded => pb::JobPhase::Succeeded,
+        PhaseArg::Failed => pb::JobPhase::Failed,
+        PhaseArg::Cancelled => pb::JobPhase::Cancelled,
+    }
+}
+
+fn state_wire(s: StateArg) -> pb::TaskState {
+    match s {
+        StateArg::Pending => pb::TaskState::Pending,
+        StateArg::Assigned => pb::TaskState::Assigned,
+        StateArg::Running => pb::TaskState::Running,
+        StateArg::Stopping => pb::TaskState::Stopping,
+        StateArg::Completed => pb::TaskState::Completed,
+        StateArg::Failed => pb::TaskState::Failed,
+        StateArg::Cancelled => pb::TaskState::Cancelled,
+    }
+}

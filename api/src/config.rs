@@ -1,0 +1,445 @@
+//! `ebb server` configuration: a TOML file (`--config`), overridden by flags
+//! and `EBB_*` environment variables. Every table refuses unknown keys, so a
+//! typo is an error at startup rather than a silently ignored setting.
+//!
+//! With no file at all the server starts in dev mode: embedded store in
+//! `./ebb-data`, a built-in demo market (one pool with four reserved
+//! m5.16xlarge), loopback listeners, and no tokens (every caller is admin;
+//! the server warns about it at startup).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ebb_scheduler as core;
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// HTTP listen address (`/metrics`, `/healthz`).
+    pub http_listen: SocketAddr,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+    /// Optional TLS for the gRPC port.
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens and the principals they stand for.
+    pub auth: AuthConfig,
+    /// Executor liveness.
+    pub executors: ExecutorConfig,
+    /// Scheduling rounds.
+    pub rounds: RoundConfig,
+    /// Snapshots, retention.
+    pub store: StoreConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// Watch streams.
+    pub watch: WatchConfig,
+    /// Pools and their initial reservations.
+    pub market: MarketSetup,
+    /// The scheduler core's own knobs (placement policy, teams, market).
+    pub scheduler: core::SchedulerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7600".parse().expect("valid address"),
+            http_listen: "127.0.0.1:7601".parse().expect("valid address"),
+            data_dir: PathBuf::from("./ebb-data"),
+            tls: None,
+            auth: AuthConfig::default(),
+            executors: ExecutorConfig::default(),
+            rounds: RoundConfig::default(),
+            store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
+            watch: WatchConfig::default(),
+            market: MarketSetup::default(),
+            scheduler: core::SchedulerConfig::default(),
+        }
+    }
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Tokens. Empty means dev mode.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// One entry per token.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One bearer token and its principal. Give `token` or its hex `sha256`
+/// (then the file holds no secret).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs (never the token).
+    pub name: String,
+    /// The token itself.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Or its SHA-256, hex.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// `team`, `finance`, `admin`, `executor` or `autoscaler`.
+    pub role: Role,
+    /// For `team`: which team.
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+/// What a principal may do.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A member of one team: creates, sees and cancels that team's jobs.
+    Team,
+    /// Reads the market and the ledger.
+    Finance,
+    /// Everything except attaching as an executor.
+    Admin,
+    /// Attaches executor streams, nothing else.
+    Executor,
+    /// Reports streaming demand, forecasts and failovers; reads the market.
+    Autoscaler,
+}
+
+/// Executor liveness: see `executor.proto`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// How often an executor must send something.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Intervals without a message before the host is declared lost.
+    pub missed_heartbeats: u32,
+}
+
+impl Default for ExecutorConfig {
+    /// 5 s × 3: a host is declared lost 15 s after it goes silent — long
+    /// enough to ride out a GC pause or a brief partition, short enough that
+    /// its work is requeued well before an encoding chunk's runtime.
+    fn default() -> Self {
+        ExecutorConfig {
+            heartbeat_interval: Duration::from_secs(5),
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+impl ExecutorConfig {
+    /// Silence after which a host is lost.
+    pub fn timeout(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats
+    }
+}
+
+/// Scheduling rounds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoundConfig {
+    /// Shortest time between two rounds. A round runs when something
+    /// changed or a core timeout is due, at most this often.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Inputs applied between two rounds at most, so a flood of reports
+    /// cannot starve placement.
+    pub max_inputs_per_batch: usize,
+}
+
+impl Default for RoundConfig {
+    /// 50 ms: placement latency well under a second, while a busy server
+    /// still batches hundreds of inputs per round. 4,096 inputs per batch
+    /// bound one batch's fsync to a few MiB.
+    fn default() -> Self {
+        RoundConfig {
+            interval: Duration::from_millis(50),
+            max_inputs_per_batch: 4096,
+        }
+    }
+}
+
+/// Snapshots and retention.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Write a snapshot (and compact the log) after this many records.
+    pub snapshot_every_records: u64,
+    /// Or after this many log bytes.
+    pub snapshot_every_bytes: u64,
+    /// Finished jobs are kept this long, then forgotten and compacted out.
+    #[serde(deserialize_with = "duration")]
+    pub finished_job_retention: Duration,
+    /// How often the ledger is sampled for range queries.
+    #[serde(deserialize_with = "duration")]
+    pub ledger_sample_interval: Duration,
+    /// How long ledger samples are kept.
+    #[serde(deserialize_with = "duration")]
+    pub ledger_retention: Duration,
+}
+
+impl Default for StoreConfig {
+    /// 10,000 records or 64 MiB between snapshots keeps a restart's replay
+    /// under a second or two; a day of finished jobs lets teams inspect
+    /// yesterday's runs; 5-minute ledger samples give finance ranges at
+    /// 5-minute resolution and cost ~100k samples a year, kept 400 days for
+    /// year-over-year comparisons.
+    fn default() -> Self {
+        StoreConfig {
+            snapshot_every_records: 10_000,
+            snapshot_every_bytes: 64 << 20,
+            finished_job_retention: Duration::from_secs(24 * 3600),
+            ledger_sample_interval: Duration::from_secs(300),
+            ledger_retention: Duration::from_secs(400 * 24 * 3600),
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// Tasks the server holds at most (live and retained); creates beyond
+    /// it are RESOURCE_EXHAUSTED.
+    pub max_tasks_known: u64,
+    /// Unfinished tasks one team may have; unset is unlimited.
+    pub max_live_tasks_per_team: Option<u64>,
+}
+
+impl Default for LimitsConfig {
+    /// 16 MiB messages carry a full page of 1,000 tasks with reasons and a
+    /// large log tail; 5 M tasks known stays within a few GiB of memory
+    /// (docs/BENCHMARKS.md measures RSS at 1 M).
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 16 << 20,
+            max_tasks_known: 5_000_000,
+            max_live_tasks_per_team: None,
+        }
+    }
+}
+
+/// Watch streams.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Job events kept for resuming watches; a resume from an older cursor
+    /// gets a fresh snapshot.
+    pub retained_events: usize,
+}
+
+impl Default for WatchConfig {
+    /// 500,000 events (~100 MiB): a few minutes of a 100,000-task job's
+    /// changes, enough for a client to reconnect.
+    fn default() -> Self {
+        WatchConfig {
+            retained_events: 500_000,
+        }
+    }
+}
+
+/// Pools the server configures at startup.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketSetup {
+    /// Pools. Each is (re)configured at startup when its spec changed; its
+    /// reservations seed the pool the first time it is configured, after
+    /// which `SetReservations` owns them.
+    pub pools: Vec<PoolSetup>,
+}
+
+impl Default for MarketSetup {
+    /// The demo market: one pool `demo` in region `local` with four
+    /// reserved m5.16xlarge (4 IE), so a new user sees the market work
+    /// without writing a file.
+    fn default() -> Self {
+        MarketSetup {
+            pools: vec![PoolSetup {
+                id: core::PoolId::from("demo"),
+                region: "local".into(),
+                headroom: core::HeadroomPolicy::default(),
+                reservations: vec![core::Reservation::new("m5.16xlarge", 4)],
+            }],
+        }
+    }
+}
+
+/// One pool.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSetup {
+    /// Pool id; hosts name it when they register.
+    pub id: core::PoolId,
+    /// The region the pool's capacity is in.
+    pub region: String,
+    /// Headroom kept for streaming.
+    #[serde(default)]
+    pub headroom: core::HeadroomPolicy,
+    /// Initial reservations.
+    #[serde(default)]
+    pub reservations: Vec<core::Reservation>,
+}
+
+impl PoolSetup {
+    /// The core's pool spec.
+    pub fn spec(&self) -> core::PoolSpec {
+        core::PoolSpec {
+            id: self.id.clone(),
+            region: self.region.clone(),
+            headroom: self.headroom.clone(),
+        }
+    }
+}
+
+/// Parses a humantime duration (`5s`, `250ms`, `24h`).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.executors.heartbeat_interval.is_zero(),
+            "executors.heartbeat_interval must be greater than zero"
+        );
+        anyhow::ensure!(
+            self.executors.missed_heartbeats >= 1,
+            "executors.missed_heartbeats must be at least 1"
+        );
+        anyhow::ensure!(
+            self.rounds.max_inputs_per_batch >= 1,
+            "rounds.max_inputs_per_batch must be at least 1"
+        );
+        anyhow::ensure!(
+            self.store.snapshot_every_records >= 1,
+            "store.snapshot_every_records must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.store.ledger_sample_interval.is_zero(),
+            "store.ledger_sample_interval must be greater than zero"
+        );
+        anyhow::ensure!(
+            self.limits.max_message_bytes >= 64 * 1024,
+            "limits.max_message_bytes must be at least 64 KiB"
+        );
+        anyhow::ensure!(
+            self.watch.retained_events >= 1,
+            "watch.retained_events must be at least 1"
+        );
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            anyhow::ensure!(
+                t.token.is_some() != t.sha256.is_some(),
+                "auth.tokens[{i}] ({}): give exactly one of `token` and `sha256`",
+                t.name
+            );
+            if let Some(h) = &t.sha256 {
+                anyhow::ensure!(
+                    h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()),
+                    "auth.tokens[{i}].sha256 ({}): must be 64 hex digits",
+                    t.name
+                );
+            }
+            anyhow::ensure!(
+                (t.role == Role::Team) == t.team.is_some(),
+                "auth.tokens[{i}] ({}): `team` is required for role `team` and only for it",
+                t.name
+            );
+        }
+        self.scheduler
+            .validate()
+            .map_err(|e| anyhow::anyhow!("scheduler: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_at_every_level() {
+        let cases = [
+            ("top level", "lisen = \"127.0.0.1:1\""),
+            ("executors", "[executors]\nheartbeat = \"5s\""),
+            ("rounds", "[rounds]\nintervall = \"5s\""),
+            ("store", "[store]\nsnapshots = 3"),
+            ("limits", "[limits]\nmax_msg = 3"),
+            ("watch", "[watch]\nevents = 3"),
+            (
+                "token",
+                "[[auth.tokens]]\nname = \"a\"\ntoken = \"x\"\nrole = \"admin\"\nteem = \"x\"",
+            ),
+            ("tls", "[tls]\ncert = \"a\"\nkey = \"b\"\nca = \"c\""),
+            (
+                "pool",
+                "[[market.pools]]\nid = \"p\"\nregion = \"r\"\nzone = \"z\"",
+            ),
+            (
+                "reservation",
+                "[[market.pools]]\nid = \"p\"\nregion = \"r\"\n[[market.pools.reservations]]\ninstance_type = \"m5.large\"\ncount = 1\ncost = 2",
+            ),
+            ("scheduler", "[scheduler]\nkill_grase = 3"),
+        ];
+        for (name, text) in cases {
+            let r: Result<Config, _> = toml::from_str(text);
+            assert!(r.is_err(), "{name}: unknown key accepted");
+        }
+        let ok: Config = toml::from_str(
+            "[executors]\nheartbeat_interval = \"2s\"\n[[market.pools]]\nid = \"p\"\nregion = \"r\"\n[[market.pools.reservations]]\ninstance_type = \"m5.large\"\ncount = 1",
+        )
+        .unwrap();
+        assert_eq!(ok.executors.timeout(), Duration::from_secs(6));
+        assert_eq!(ok.market.pools[0].reservations.len(), 1);
+    }
+
+    #[test]
+    fn the_readme_example_config_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("a production file looks like:\n\n```toml\n")
+            .expect("the README shows a config");
+        let body = &readme[start..];
+        let body = &body[body.find("```toml\n").unwrap() + 8..];
+        let body = &body[..body.find("```").unwrap()];
+        let c: Config = toml::from_str(body).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.auth.tokens[0].role, Role::Team);
+        assert_eq!(c.market.pools[0].reservations[0].count, 1200);
+    }
+
+    #[test]
+    fn the_default_is_valid_dev_mode_with_a_demo_pool() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.auth.tokens.is_empty());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7600");
+        assert_eq!(c.market.pools.len(), 1);
+    }
+}

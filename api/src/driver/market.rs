@@ -1,0 +1,247 @@
+//! The driver's market requests: demand, forecasts, failovers, reservations,
+//! and ledger ranges answered from cumulative samples.
+
+use ebb_proto::v1 as pb;
+use ebb_scheduler as core;
+
+use super::Driver;
+use crate::auth::Principal;
+use crate::convert;
+use crate::error::ApiError;
+use crate::records::{self, LedgerSample, Record};
+
+impl Driver {
+    fn pool_wire(&self, pool: &core::PoolId) -> Result<pb::Pool, ApiError> {
+        self.core
+            .pool(pool)
+            .map(|p| convert::pool_to_wire(&p))
+            .ok_or_else(|| ApiError::NotFound(format!("pool `{pool}` not found")))
+    }
+
+    fn configured(&self, pool: &core::PoolId) -> Result<(), ApiError> {
+        if self.server.pool_specs.contains_key(pool) {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!(
+                "pool `{pool}` is not configured (configure it in the server's [[market.pools]])"
+            )))
+        }
+    }
+
+    pub(super) fn streaming_demand(
+        &mut self,
+        pool: String,
+        demand: u64,
+    ) -> Result<pb::Pool, ApiError> {
+        let pool = core::PoolId::from(pool);
+        self.configured(&pool)?;
+        let now = self.now();
+        self.input(
+            Record::StreamingDemand {
+                now,
+                pool: pool.clone(),
+                demand_micro_ie: demand,
+            },
+            "",
+        )?;
+        self.pool_wire(&pool)
+    }
+
+    pub(super) fn forecast(
+        &mut self,
+        pool: String,
+        points: Vec<(u64, u64)>,
+    ) -> Result<(), ApiError> {
+        let pool = core::PoolId::from(pool);
+        self.configured(&pool)?;
+        let now = self.now();
+        self.input(Record::Forecast { now, pool, points }, "")
+    }
+
+    pub(super) fn get_forecast(
+        &self,
+        pool: &str,
+    ) -> Result<pb::GetDemandForecastResponse, ApiError> {
+        let pool = core::PoolId::from(pool);
+        self.configured(&pool)?;
+        Ok(match self.server.forecasts.get(&pool) {
+            None => pb::GetDemandForecastResponse::default(),
+            Some((at, points)) => pb::GetDemandForecastResponse {
+                points: points
+                    .iter()
+                    .map(|(t, ie)| pb::ForecastPoint {
+                        time: Some(convert::ms_to_wire(*t)),
+                        demand_micro_ie: *ie,
+                    })
+                    .collect(),
+                report_time: Some(convert::ms_to_wire(*at)),
+            },
+        })
+    }
+
+    pub(super) fn failover(&mut self, region: String, active: bool) -> Result<(), ApiError> {
+        let now = self.now();
+        self.input(
+            Record::Failover {
+                now,
+                region,
+                active,
+            },
+            "",
+        )
+    }
+
+    pub(super) fn reservations(&self) -> pb::ListReservationsResponse {
+        pb::ListReservationsResponse {
+            pools: self
+                .server
+                .pool_specs
+                .keys()
+                .map(|pool| pb::PoolReservations {
+                    pool: pool.to_string(),
+                    reservations: self
+                        .server
+                        .reservations
+                        .get(pool)
+                        .map(|r| r.iter().map(convert::reservation_to_wire).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            source: self
+                .reservation_source
+                .clone()
+                .unwrap_or_else(|| "api".into()),
+        }
+    }
+
+    pub(super) fn set_reservations(
+        &mut self,
+        req: pb::SetReservationsRequest,
+    ) -> Result<pb::Pool, ApiError> {
+        if let Some(source) = &self.reservation_source {
+            return Err(ApiError::FailedPrecondition(format!(
+                "reservations come from `{source}`; SetReservations is refused while it is configured"
+            )));
+        }
+        let pool = core::PoolId::from(req.pool.as_str());
+        self.configured(&pool)?;
+        let reservations = req
+            .reservations
+            .iter()
+            .enumerate()
+            .map(|(i, r)| convert::reservation_from_wire(r, &format!("reservations[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = self.now();
+        self.input(
+            Record::Reservations {
+                now,
+                pool: pool.clone(),
+                reservations,
+            },
+            "",
+        )?;
+        self.pool_wire(&pool)
+    }
+
+    pub(super) fn external_reservations(
+        &mut self,
+        pool: core::PoolId,
+        reservations: Vec<core::Reservation>,
+    ) -> Result<pb::Pool, ApiError> {
+        self.configured(&pool)?;
+        let now = self.now();
+        self.input(
+            Record::Reservations {
+                now,
+                pool: pool.clone(),
+                reservations,
+            },
+            "",
+        )?;
+        self.pool_wire(&pool)
+    }
+
+    /// The cumulative samples bounding a range: (start time, start sample,
+    /// end time, end sample). An end at or after now is answered live.
+    fn samples(
+        &mut self,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Result<(u64, LedgerSample, u64, LedgerSample), ApiError> {
+        let now = self.now();
+        if let (Some(s), Some(e)) = (start, end)
+            && s > e
+        {
+            return Err(ApiError::field("start_time", "must not be after end_time"));
+        }
+        let decode = |(t, bytes): (u64, Vec<u8>)| -> Result<(u64, LedgerSample), ApiError> {
+            let s: LedgerSample = records::decode(&bytes)
+                .map_err(|e| ApiError::Internal(format!("ledger sample at {t}: {e}")))?;
+            Ok((t, s))
+        };
+        let store_err = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
+        let empty = LedgerSample {
+            entries: Vec::new(),
+            pools: Vec::new(),
+        };
+        let (end_t, end_s) = match end {
+            Some(e) if e < now => match self.store.sample_at_or_before(e).map_err(store_err)? {
+                Some(x) => decode(x)?,
+                None => (e, empty.clone()),
+            },
+            _ => {
+                let t = core::Timestamp::from_millis(now);
+                (
+                    now,
+                    LedgerSample {
+                        entries: self.core.ledger(t),
+                        pools: self.core.pool_totals(t),
+                    },
+                )
+            }
+        };
+        let (start_t, start_s) = match start {
+            None => match self.store.first_sample().map_err(store_err)? {
+                Some(x) => decode(x)?,
+                None => (end_t, end_s.clone()),
+            },
+            Some(s) => match self.store.sample_at_or_before(s).map_err(store_err)? {
+                Some(x) => decode(x)?,
+                // Before the first sample the ledger was empty.
+                None => (s, empty),
+            },
+        };
+        Ok((start_t, start_s, end_t, end_s))
+    }
+
+    pub(super) fn ledger(
+        &mut self,
+        p: &Principal,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Result<pb::GetLedgerResponse, ApiError> {
+        let (st, ss, et, es) = self.samples(start, end)?;
+        let mut entries = convert::ledger_to_wire(&ss, &es);
+        if let Some(team) = p.team() {
+            entries.retain(|e| e.team == team);
+        }
+        Ok(pb::GetLedgerResponse {
+            entries,
+            start_time: Some(convert::ms_to_wire(st)),
+            end_time: Some(convert::ms_to_wire(et)),
+        })
+    }
+
+    pub(super) fn pool_totals(
+        &mut self,
+        start: Option<u64>,
+        end: Option<u64>,
+    ) -> Result<pb::GetPoolTotalsResponse, ApiError> {
+        let (st, ss, et, es) = self.samples(start, end)?;
+        Ok(pb::GetPoolTotalsResponse {
+            pools: convert::pool_totals_to_wire(&ss, &es),
+            start_time: Some(convert::ms_to_wire(st)),
+            end_time: Some(convert::ms_to_wire(et)),
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! `ebb.v1.MarketService`: pools, demand and failover reports, forecasts,
+//! reservations, and ledger ranges.
+
+use ebb_proto::v1 as pb;
+use ebb_proto::v1::market_service_server::MarketService;
+use tonic::{Request, Response, Status};
+
+use crate::auth::principal;
+use crate::convert;
+use crate::driver::{DriverHandle, Request as D};
+use crate::error::ApiError;
+use crate::validate;
+
+/// The market service.
+#[derive(Clone)]
+pub struct Market {
+    driver: DriverHandle,
+}
+
+impl Market {
+    /// Over a driver.
+    pub fn new(driver: DriverHandle) -> Self {
+        Market { driver }
+    }
+}
+
+fn non_empty(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.trim().is_empty() {
+        Err(ApiError::field(field, "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn range(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let s = start
+        .map(|t| convert::ms_from_wire(t, "start_time"))
+        .transpose()?;
+    let e = end
+        .map(|t| convert::ms_from_wire(t, "end_time"))
+        .transpose()?;
+    Ok((s, e))
+}
+
+#[tonic::async_trait]
+impl MarketService for Market {
+    async fn list_pools(
+        &self,
+        req: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        principal(&req)?.check_market_read()?;
+        let pools = self.driver.call(|reply| D::Pools { reply }).await?;
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    async fn report_streaming_demand(
+        &self,
+        req: Request<pb::ReportStreamingDemandRequest>,
+    ) -> Result<Response<pb::ReportStreamingDemandResponse>, Status> {
+        principal(&req)?.check_market_report()?;
+        let req = req.into_inner();
+        non_empty("pool", &req.pool)?;
+        let pool = self
+            .driver
+            .call(|reply| D::StreamingDemand {
+                pool: req.pool,
+                demand_micro_ie: req.demand_micro_ie,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::ReportStreamingDemandResponse {
+            pool: Some(pool),
+        }))
+    }
+
+    async fn report_demand_forecast(
+        &self,
+        req: Request<pb::ReportDemandForecastRequest>,
+    ) -> Result<Response<pb::ReportDemandForecastResponse>, Status> {
+        principal(&req)?.check_market_report()?;
+        let req = req.into_inner();
+        non_empty("pool", &req.pool)?;
+        validate::forecast(&req.points).map_err(ApiError::InvalidArgument)?;
+        let points = req
+            .points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let t = p.time.as_ref().expect("validated");
+                convert::ms_from_wire(t, &format!("points[{i}].time"))
+                    .map(|ms| (ms, p.demand_micro_ie))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::from)?;
+        self.driver
+            .call(|reply| D::Forecast {
+                pool: req.pool,
+                points,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::ReportDemandForecastResponse {}))
+    }
+
+    async fn get_demand_forecast(
+        &self,
+        req: Request<pb::GetDemandForecastRequest>,
+    ) -> Result<Response<pb::GetDemandForecastResponse>, Status> {
+        principal(&req)?.check_market_read()?;
+        let pool = req.into_inner().pool;
+        non_empty("pool", &pool)?;
+        let out = self
+            .driver
+            .call(|reply| D::GetForecast { pool, reply })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn report_failover(
+        &self,
+        req: Request<pb::ReportFailoverRequest>,
+    ) -> Result<Response<pb::ReportFailoverResponse>, Status> {
+        principal(&req)?.check_market_report()?;
+        let req = req.into_inner();
+        non_empty("region", &req.region)?;
+        self.driver
+            .call(|reply| D::Failover {
+                region: req.region,
+                active: req.active,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::ReportFailoverResponse {}))
+    }
+
+    async fn list_reservations(
+        &self,
+        req: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        principal(&req)?.check_market_read()?;
+        let out = self.driver.call(|reply| D::Reservations { reply }).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn set_reservations(
+        &self,
+        req: Request<pb::SetReservationsRequest>,
+    ) -> Result<Response<pb::SetReservationsResponse>, Status> {
+        principal(&req)?.check_admin("set reservations")?;
+        let req = req.into_inner();
+        non_empty("pool", &req.pool)?;
+        let pool = self
+            .driver
+            .call(|reply| D::SetReservations { req, reply })
+            .await?;
+        Ok(Response::new(pb::SetReservationsResponse {
+            pool: Some(pool),
+        }))
+    }
+
+    async fn get_ledger(
+        &self,
+        req: Request<pb::GetLedgerRequest>,
+    ) -> Result<Response<pb::GetLedgerResponse>, Status> {
+        let p = principal(&req)?;
+        p.check_ledger()?;
+        let req = req.into_inner();
+        let (start, end) = range(req.start_time.as_ref(), req.end_time.as_ref())?;
+        let out = self
+            .driver
+            .call(|reply| D::Ledger {
+                principal: p,
+                start,
+                end,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_pool_totals(
+        &self,
+        req: Request<pb::GetPoolTotalsRequest>,
+    ) -> Result<Response<pb::GetPoolTotalsResponse>, Status> {
+        principal(&req)?.check_pool_totals()?;
+        let req = req.into_inner();
+        let (start, end) = range(req.start_time.as_ref(), req.end_time.as_ref())?;
+        let out = self
+            .driver
+            .call(|reply| D::PoolTotals { start, end, reply })
+            .await?;
+        Ok(Response::new(out))
+    }
+}
