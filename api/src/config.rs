@@ -41,6 +41,9 @@ pub struct Config {
     pub watch: WatchConfig,
     /// Pools and their initial reservations.
     pub market: MarketSetup,
+    /// Where reservations (and optionally streaming demand) come from: a
+    /// static file or EC2. None: `market.pools` and `SetReservations`.
+    pub capacity: Option<CapacitySetup>,
     /// The scheduler core's own knobs (placement policy, teams, market).
     pub scheduler: core::SchedulerConfig,
 }
@@ -59,6 +62,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             watch: WatchConfig::default(),
             market: MarketSetup::default(),
+            capacity: None,
             scheduler: core::SchedulerConfig::default(),
         }
     }
@@ -254,6 +258,73 @@ impl Default for WatchConfig {
     }
 }
 
+/// A reservation source (`[capacity]`): exactly one of `static_file` and
+/// `[capacity.ec2]`. Its pools become the market's pools (a
+/// `[[market.pools]]` entry with the same id may set their headroom), its
+/// reservations replace theirs on every refresh, and, with
+/// `streaming_demand`, its streaming figure (the EC2 fleet tagged as
+/// streaming, or the static file's demand curve) is the pools' streaming
+/// demand.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySetup {
+    /// A static reservations file (format: `examples/reservations.toml`),
+    /// read again on every refresh so edits take effect.
+    #[serde(default)]
+    pub static_file: Option<PathBuf>,
+    /// EC2: DescribeReservedInstances, DescribeInstances (tags classify the
+    /// fleet) and DescribeInstanceTypes, per region.
+    #[cfg(feature = "ec2")]
+    #[serde(default)]
+    pub ec2: Option<crate::capacity::Ec2Config>,
+    /// How often the source is read.
+    #[serde(default = "default_refresh_interval", deserialize_with = "duration")]
+    pub refresh_interval: Duration,
+    /// Feed the source's streaming figure to the market as streaming demand
+    /// (turn off when an autoscaler reports demand through the API).
+    #[serde(default = "yes")]
+    pub streaming_demand: bool,
+}
+
+/// One minute: reservations change on the scale of days, the streaming
+/// fleet on the scale of minutes, and EC2's Describe calls are rate-limited
+/// per account, so a minute keeps demand current without crowding the quota.
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl CapacitySetup {
+    /// Checks that exactly one source is named.
+    fn validate(&self) -> anyhow::Result<()> {
+        #[cfg(feature = "ec2")]
+        let n_ec2 = usize::from(self.ec2.is_some());
+        #[cfg(not(feature = "ec2"))]
+        let n_ec2 = 0;
+        anyhow::ensure!(
+            usize::from(self.static_file.is_some()) + n_ec2 == 1,
+            "capacity: give exactly one of `static_file` and `[capacity.ec2]`"
+        );
+        anyhow::ensure!(
+            !self.refresh_interval.is_zero(),
+            "capacity.refresh_interval must be greater than zero"
+        );
+        #[cfg(feature = "ec2")]
+        if let Some(ec2) = &self.ec2 {
+            ec2.validate().map_err(|e| match e {
+                crate::capacity::SourceError::Config { field, message } => {
+                    anyhow::anyhow!("invalid field `capacity.{field}`: {message}")
+                }
+                other => anyhow::anyhow!(other),
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Pools the server configures at startup.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -318,8 +389,19 @@ impl Config {
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        Config::from_toml(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    /// Parses a configuration. With a `[capacity]` source and no `[market]`
+    /// table, the pools are the source's alone (no demo pool).
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let mut config: Config = toml::from_str(text)?;
+        if config.capacity.is_some() {
+            let table: toml::Table = toml::from_str(text)?;
+            if !table.contains_key("market") {
+                config.market.pools.clear();
+            }
+        }
         Ok(config)
     }
 
@@ -372,6 +454,16 @@ impl Config {
                 t.name
             );
         }
+        if let Some(c) = &self.capacity {
+            c.validate()?;
+            for (i, p) in self.market.pools.iter().enumerate() {
+                anyhow::ensure!(
+                    p.reservations.is_empty(),
+                    "market.pools[{i}].reservations ({}): reservations come from the [capacity] source",
+                    p.id
+                );
+            }
+        }
         self.scheduler
             .validate()
             .map_err(|e| anyhow::anyhow!("scheduler: {e}"))?;
@@ -406,6 +498,15 @@ mod tests {
                 "[[market.pools]]\nid = \"p\"\nregion = \"r\"\n[[market.pools.reservations]]\ninstance_type = \"m5.large\"\ncount = 1\ncost = 2",
             ),
             ("scheduler", "[scheduler]\nkill_grase = 3"),
+            (
+                "capacity",
+                "[capacity]\nstatic_file = \"r.toml\"\nrefresh = \"1m\"",
+            ),
+            ("capacity.ec2", "[capacity.ec2]\nendpoint = \"http://x\""),
+            (
+                "capacity.ec2.pool",
+                "[[capacity.ec2.pool]]\nid = \"p\"\nregion = \"r\"\nzones = \"z\"",
+            ),
         ];
         for (name, text) in cases {
             let r: Result<Config, _> = toml::from_str(text);
@@ -417,6 +518,32 @@ mod tests {
         .unwrap();
         assert_eq!(ok.executors.timeout(), Duration::from_secs(6));
         assert_eq!(ok.market.pools[0].reservations.len(), 1);
+    }
+
+    #[test]
+    fn a_capacity_source_replaces_the_demo_pool_and_owns_reservations() {
+        let c = Config::from_toml("[capacity]\nstatic_file = \"r.toml\"").unwrap();
+        assert!(c.market.pools.is_empty(), "the demo pool is gone");
+        assert_eq!(
+            c.capacity.as_ref().unwrap().refresh_interval,
+            Duration::from_secs(60)
+        );
+        c.validate().unwrap();
+        // Headroom for a source pool may be set; reservations may not.
+        let c = Config::from_toml(
+            "[capacity]\nstatic_file = \"r.toml\"\n[[market.pools]]\nid = \"p\"\nregion = \"r\"\n[[market.pools.reservations]]\ninstance_type = \"m5.large\"\ncount = 1",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("market.pools[0].reservations"), "{e}");
+        // Neither source, or both, is an error naming the table.
+        let mut c = Config::from_toml("[capacity]\nrefresh_interval = \"5s\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("exactly one of `static_file`"), "{e}");
+        c.capacity.as_mut().unwrap().refresh_interval = Duration::ZERO;
+        c.capacity.as_mut().unwrap().static_file = Some("r.toml".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("capacity.refresh_interval"), "{e}");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub enum Record {
         region: String,
         active: bool,
     },
-    /// A demand forecast (stored by the server; the core does not take forecasts yet).
+    /// `handle_demand_forecast` (the server also keeps the points for `GetDemandForecast`).
     Forecast {
         now: u64,
         pool: core::PoolId,
@@ -78,6 +78,13 @@ pub enum Record {
         tick: u64,
         commit: u64,
         plan: Vec<u8>,
+    },
+    /// `handle_instance_types`: types the catalog lacked, as a reservation
+    /// source (EC2's DescribeInstanceTypes) described them. Appended last so
+    /// logs written before it still decode.
+    InstanceTypes {
+        now: u64,
+        types: Vec<core::InstanceType>,
     },
 }
 

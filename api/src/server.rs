@@ -70,8 +70,10 @@ impl Running {
 }
 
 /// Starts the server.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     config.validate()?;
+    // Before the driver: the source's pools join the market setup.
+    let capacity = crate::capacity::feed::open(&mut config).await?;
     let store = RedbStore::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
@@ -81,6 +83,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
         tokio::runtime::Handle::current(),
     )?;
+    let capacity_status = capacity.as_ref().map(|c| c.status());
+    let capacity_task = match capacity {
+        Some(c) => Some(c.start(driver.clone()).await?),
+        None => None,
+    };
     let auth = Authenticator::new(&config.auth);
     if auth.is_dev_mode() {
         tracing::warn!(
@@ -116,7 +123,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let jobs = JobServiceServer::new(Jobs::new(driver.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let market = MarketServiceServer::new(Market::new(driver.clone()))
+    let market = MarketServiceServer::new(Market::new(driver.clone(), capacity_status))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let executors = ExecutorServiceServer::new(Executors::new(
@@ -183,6 +190,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             _ = triggered => None,
             r = &mut died_rx => Some(r.unwrap_or(Ok(()))),
         };
+        if let Some(t) = &capacity_task {
+            t.abort();
+        }
         if let Some(r) = died {
             // The driver stopped by itself (a store failure): stop serving.
             grpc_task.abort();

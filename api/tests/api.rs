@@ -1683,3 +1683,122 @@ async fn finished_jobs_are_forgotten_after_retention_and_compacted_out() {
     assert!(loaded.records.is_empty(), "the snapshot compacted the log");
     drop(dir);
 }
+
+/// `[capacity] static_file`: the file's pools replace the demo pool, its
+/// reservations reach the market (an expired one does not count), an edit
+/// to the file takes effect at the next refresh, and `SetReservations` is
+/// refused while the file owns the reservations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_reservations_file_feeds_the_market() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reservations.toml");
+    let write = |count: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                r#"[[pool]]
+id = "east"
+region = "us-east-1"
+
+[[reservation]]
+id = "ri-live"
+instance_type = "m5.16xlarge"
+count = {count}
+region = "us-east-1"
+start = 2024-01-01T00:00:00Z
+end = 2099-01-01T00:00:00Z
+
+[[reservation]]
+id = "ri-expired"
+instance_type = "m5.16xlarge"
+count = 50
+region = "us-east-1"
+start = 2020-01-01T00:00:00Z
+end = 2021-01-01T00:00:00Z
+"#
+            ),
+        )
+        .unwrap();
+    };
+    write(6);
+    let path = file.clone();
+    let server = TestServer::start(move |c| {
+        c.market.pools.clear();
+        c.capacity = Some(ebb_api::config::CapacitySetup {
+            static_file: Some(path),
+            #[cfg(feature = "ec2")]
+            ec2: None,
+            refresh_interval: Duration::from_millis(100),
+            streaming_demand: true,
+        });
+    })
+    .await;
+    let mut m = server.market(None).await;
+    let reserved = |r: &pb::ListPoolsResponse| {
+        r.pools
+            .iter()
+            .map(|p| (p.pool.clone(), p.reserved_micro_ie))
+            .collect::<Vec<_>>()
+    };
+    let mut seen = eventually("the file's reservations in the market", || {
+        let mut m = m.clone();
+        async move {
+            let r = m
+                .list_pools(pb::ListPoolsRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (reserved(&r) == [("east".to_owned(), 6_000_000)]).then_some(r)
+        }
+    })
+    .await;
+    let source = seen.source.take().expect("the source is reported");
+    assert!(source.name.starts_with("static file "), "{source:?}");
+    assert!(!source.stale && source.fetched_time.is_some(), "{source:?}");
+    let e = m
+        .set_reservations(pb::SetReservationsRequest {
+            pool: "east".into(),
+            reservations: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let r = m
+        .list_reservations(pb::ListReservationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.source.starts_with("static file "), "{r:?}");
+
+    // Edit the file: the next refresh carries the new count.
+    write(9);
+    eventually("the edited count in the market", || {
+        let mut m = m.clone();
+        async move {
+            let r = m
+                .list_pools(pb::ListPoolsRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (reserved(&r) == [("east".to_owned(), 9_000_000)]).then_some(())
+        }
+    })
+    .await;
+    // A broken edit keeps the last good figures and says why.
+    std::fs::write(&file, "[[pool]]\nid = \"east\"\nregion = 3\n").unwrap();
+    let r = eventually("the broken file reported stale", || {
+        let mut m = m.clone();
+        async move {
+            let r = m
+                .list_pools(pb::ListPoolsRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            r.source.as_ref()?.stale.then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(reserved(&r), [("east".to_owned(), 9_000_000)]);
+    assert!(r.source.unwrap().last_error.contains("region"));
+    server.stop().await;
+}

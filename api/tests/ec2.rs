@@ -844,3 +844,214 @@ async fn bad_credentials_fail_the_fetch() {
         "{err}"
     );
 }
+
+// ------------------------------------------------ through `ebb server`
+
+/// Runs the `ebb` CLI and returns its stdout and stderr; fails on a non-zero exit.
+fn ebb_cli(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(args)
+        .output()
+        .expect("running ebb");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "ebb {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the server process however the test ends.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ebb capacity --format csv` as (pool → column → value) plus stderr.
+fn capacity_csv(
+    addr: &str,
+) -> (
+    std::collections::BTreeMap<String, Vec<(String, String)>>,
+    String,
+) {
+    let (stdout, stderr) = ebb_cli(&["capacity", "--addr", addr, "--format", "csv"]);
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let rows = lines
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let pairs = header
+                .iter()
+                .zip(&cells)
+                .map(|(h, c)| ((*h).to_owned(), (*c).to_owned()))
+                .collect::<Vec<_>>();
+            (cells[0].to_owned(), pairs)
+        })
+        .collect();
+    (rows, stderr)
+}
+
+fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
+    &row.iter().find(|(h, _)| h == column).expect(column).1
+}
+
+/// Issue 11's "done when": `ebb server --config` with an `[capacity.ec2]`
+/// section pointed at the emulator reports the seeded reservations and fleet
+/// through `ebb capacity`, learns a type only EC2 describes, names the one
+/// nobody knows, and keeps the last good figures (flagged stale) when EC2
+/// starts failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebb_server_with_an_ec2_section_reports_the_seeded_fleet_through_ebb_capacity() {
+    let url = endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials_file(dir.path());
+    let region = "ca-central-1";
+    seed(
+        &url,
+        region,
+        json!([
+            { "id": "r-m5", "instance_type": "m5.16xlarge", "instance_count": 2,
+              "availability_zone": "ca-central-1a" },
+            { "id": "r-m6a", "instance_type": "m6a.16xlarge", "instance_count": 1,
+              "availability_zone": "ca-central-1a" },
+            { "id": "r-weird", "instance_type": "x1.weird", "instance_count": 3,
+              "availability_zone": "ca-central-1a" },
+        ]),
+        json!([
+            { "instance_type": "m5.16xlarge", "availability_zone": "ca-central-1a",
+              "tags": tags(STREAMING) },
+            { "instance_type": "m5.8xlarge", "availability_zone": "ca-central-1a",
+              "tags": tags(STREAMING) },
+            { "instance_type": "m5.16xlarge", "availability_zone": "ca-central-1a",
+              "tags": tags(BATCH) },
+        ]),
+    );
+    let (grpc, http) = (free_port(), free_port());
+    let config = dir.path().join("ebb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:{grpc}"
+http_listen = "127.0.0.1:{http}"
+data_dir = "{data}"
+
+[capacity]
+refresh_interval = "1s"
+
+[capacity.ec2]
+endpoint_url = "{url}"
+credentials_file = "{creds}"
+max_attempts = 1
+
+[[capacity.ec2.pool]]
+id = "cac1-a"
+region = "{region}"
+zone = "ca-central-1a"
+
+# Headroom for a source pool comes from [[market.pools]] by id.
+[[market.pools]]
+id = "cac1-a"
+region = "{region}"
+headroom = {{ daily_scaling_fraction = 0.2, failover_multiplier = 0.0 }}
+"#,
+            data = dir.path().join("data").display(),
+            creds = creds.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let _server = ServerProcess(
+        Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(["server", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let log_text = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+
+    // Hand-computed: reserved 2 × m5.16xlarge (1 IE) + 1 × m6a.16xlarge
+    // (64 vCPU, described by EC2) = 3 IE; x1.weird is left out. Streaming:
+    // m5.16xlarge 1 + m5.8xlarge 0.5 = 1.5 IE. Headroom 20 % of streaming =
+    // 0.3 IE, no failover buffer. Supply 3 − 1.5 − 0.3 = 1.2 IE.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (rows, stderr) = loop {
+        if TcpStream::connect(("127.0.0.1", grpc)).is_ok() {
+            let (rows, stderr) = capacity_csv(&addr);
+            if rows
+                .get("cac1-a")
+                .is_some_and(|r| cell(r, "supply_ie") == "1.2")
+            {
+                break (rows, stderr);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ebb capacity never showed the seeded figures; server log:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the source's pool (no demo pool): {rows:?}"
+    );
+    let pool = &rows["cac1-a"];
+    assert_eq!(cell(pool, "region"), region);
+    assert_eq!(cell(pool, "reserved_ie"), "3.0");
+    assert_eq!(cell(pool, "streaming_ie"), "1.5");
+    assert_eq!(cell(pool, "headroom_ie"), "0.3");
+    assert!(
+        stderr.contains(&format!("source: ec2 {region} at {url}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("left out: unknown instance type x1.weird in reservation r-weird"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("STALE"), "{stderr}");
+    // The table format prints the source line under the table.
+    let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["capacity", "--addr", &addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("source: ec2 ca-central-1"), "{table}");
+
+    // EC2 starts failing: the last good figures stay, flagged stale.
+    arm_faults(&url, region, None, "RequestLimitExceeded", 1_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (rows, stderr) = loop {
+        let (rows, stderr) = capacity_csv(&addr);
+        if stderr.contains("STALE") {
+            break (rows, stderr);
+        }
+        assert!(Instant::now() < deadline, "never reported stale: {stderr}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        stderr.contains("RequestLimitExceeded") || stderr.contains("throttl"),
+        "{stderr}"
+    );
+    assert_eq!(cell(&rows["cac1-a"], "reserved_ie"), "3.0");
+    assert_eq!(cell(&rows["cac1-a"], "supply_ie"), "1.2");
+    arm_faults(&url, region, None, "RequestLimitExceeded", 0);
+}

@@ -66,7 +66,7 @@ impl fmt::Display for TagMatch {
     }
 }
 
-/// The EC2 source's configuration (the `[ec2]` table of the server config).
+/// The EC2 source's configuration (the `[capacity.ec2]` table of the server config).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ec2Config {

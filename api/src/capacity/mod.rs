@@ -25,6 +25,7 @@
 //! **Architecture Invariant:** no AWS SDK type appears outside `ec2.rs`; the
 //! rest of the workspace sees only the plain types of this module.
 
+pub mod feed;
 pub mod refresh;
 pub mod snapshot;
 pub mod static_file;

@@ -396,12 +396,9 @@ pub async fn run_client(command: Command) -> Result<i32, CliError> {
         Command::Job { conn, command } => job(&conn, command).await,
         Command::Capacity { conn, format } => {
             let mut m = market_client(&conn).await?;
-            let pools = m
-                .list_pools(pb::ListPoolsRequest {})
-                .await?
-                .into_inner()
-                .pools;
-            output::capacity(&pools, format);
+            let resp = m.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
+            output::capacity(&resp.pools, format);
+            output::capacity_source(resp.source.as_ref(), format);
             Ok(0)
         }
         Command::Price { conn, format } => {

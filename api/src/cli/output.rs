@@ -166,6 +166,47 @@ pub fn capacity(pools: &[pb::Pool], format: Format) {
     );
 }
 
+/// The reservation source under `ebb capacity`: its name, the age of the
+/// snapshot in use, whether it is stale and why, and the items it left out.
+/// On stdout after a table; on stderr with CSV or JSON, so the data stays
+/// machine-readable.
+pub fn capacity_source(source: Option<&pb::CapacitySource>, format: Format) {
+    let Some(s) = source else { return };
+    let now = std::time::SystemTime::now();
+    let age = s
+        .fetched_time
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .map(|t| {
+            let secs = now.duration_since(t).map_or(0, |d| d.as_secs());
+            format!(
+                "snapshot {} old",
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+            )
+        })
+        .unwrap_or_else(|| "no snapshot yet".to_owned());
+    let mut lines = vec![format!("source: {} ({age})", s.name)];
+    if s.stale {
+        lines.push(format!(
+            "STALE: the last {} refresh(es) failed: {}; the market uses the last good snapshot",
+            s.consecutive_failures.max(1),
+            if s.last_error.is_empty() {
+                "no snapshot yet"
+            } else {
+                &s.last_error
+            }
+        ));
+    }
+    for e in &s.item_errors {
+        lines.push(format!("left out: {e}"));
+    }
+    for l in lines {
+        match format {
+            Format::Table => println!("{l}"),
+            Format::Csv | Format::Json => eprintln!("{l}"),
+        }
+    }
+}
+
 /// `ebb price`.
 pub fn prices(pools: &[pb::Pool], format: Format) {
     let rows = pools

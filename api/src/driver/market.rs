@@ -161,6 +161,74 @@ impl Driver {
         self.pool_wire(&pool)
     }
 
+    /// Applies a reservation source's snapshot: instance types the core's
+    /// catalog lacks, then per configured pool its reservations (with their
+    /// terms: the core counts each only while active) and, with `streaming`,
+    /// its streaming figure as streaming demand — each only where it changed,
+    /// so a steady source adds nothing to the log. Pools the server does not
+    /// configure are skipped (the server configures every source pool at
+    /// startup, so this is a pool added to the source since). Returns how
+    /// many inputs were applied.
+    pub(super) fn capacity_snapshot(
+        &mut self,
+        snapshot: &crate::capacity::Snapshot,
+        streaming: bool,
+    ) -> Result<usize, ApiError> {
+        let now = self.now();
+        let mut n_applied = 0;
+        let new_types: Vec<core::InstanceType> = snapshot
+            .instance_types
+            .iter()
+            .filter(|t| self.core.catalog().get(&t.name).is_none())
+            .cloned()
+            .collect();
+        if !new_types.is_empty() {
+            self.input(
+                Record::InstanceTypes {
+                    now,
+                    types: new_types,
+                },
+                "",
+            )?;
+            n_applied += 1;
+        }
+        for pool in &snapshot.pools {
+            let id = &pool.pool.id;
+            if !self.server.pool_specs.contains_key(id) {
+                tracing::warn!(pool = %id, "the reservation source reports a pool the server does not configure; restart the server to add it");
+                continue;
+            }
+            let reservations = pool.core_reservations();
+            if self.server.reservations.get(id) != Some(&reservations) {
+                self.input(
+                    Record::Reservations {
+                        now,
+                        pool: id.clone(),
+                        reservations,
+                    },
+                    "",
+                )?;
+                n_applied += 1;
+            }
+            if let (true, Some(ie)) = (streaming, pool.streaming_ie) {
+                let demand_micro_ie = ie.as_micro();
+                if self.fed_streaming.get(id) != Some(&demand_micro_ie) {
+                    self.input(
+                        Record::StreamingDemand {
+                            now,
+                            pool: id.clone(),
+                            demand_micro_ie,
+                        },
+                        "",
+                    )?;
+                    self.fed_streaming.insert(id.clone(), demand_micro_ie);
+                    n_applied += 1;
+                }
+            }
+        }
+        Ok(n_applied)
+    }
+
     /// The cumulative samples bounding a range: (start time, start sample,
     /// end time, end sample). An end at or after now is answered live.
     fn samples(

@@ -222,6 +222,17 @@ pub enum Request {
         /// Done.
         reply: Reply<()>,
     },
+    /// A fresh snapshot of the attached reservation source: its instance
+    /// types, each pool's reservations and (with `streaming`) streaming
+    /// demand, applied where they changed, in one durable batch.
+    CapacitySnapshot {
+        /// The snapshot.
+        snapshot: Arc<crate::capacity::Snapshot>,
+        /// Feed the pools' streaming figures as streaming demand.
+        streaming: bool,
+        /// How many inputs were applied.
+        reply: Reply<usize>,
+    },
     /// Reservations from the attached external source.
     ExternalReservations {
         /// Pool.
@@ -410,6 +421,9 @@ pub(crate) struct Driver {
     slots: HashMap<String, Slot>,
     /// The external source that owns reservations, if one is attached.
     reservation_source: Option<String>,
+    /// Streaming demand last fed from that source, per pool (micro-IE), so
+    /// an unchanged figure is not logged again on every refresh.
+    fed_streaming: HashMap<core::PoolId, u64>,
     logs: HashMap<u64, LogsWait>,
     next_logs: u64,
     hub: Arc<EventHub>,
@@ -480,6 +494,7 @@ impl Driver {
             run_hosts: HashMap::new(),
             slots: HashMap::new(),
             reservation_source: None,
+            fed_streaming: HashMap::new(),
             logs: HashMap::new(),
             next_logs: 1,
             hub,
@@ -779,6 +794,14 @@ impl Driver {
                 tracing::info!(source = %name, "reservations now come from an external source");
                 self.reservation_source = Some(name);
                 self.reply(reply, Ok(()));
+            }
+            Request::CapacitySnapshot {
+                snapshot,
+                streaming,
+                reply,
+            } => {
+                let out = self.capacity_snapshot(&snapshot, streaming);
+                self.reply(reply, out);
             }
             Request::ExternalReservations {
                 pool,
@@ -1248,6 +1271,7 @@ fn record_kind(r: &Record) -> &'static str {
         Record::Forecast { .. } => "forecast",
         Record::ForgetFinished { .. } => "forget_finished",
         Record::Round { .. } => "round",
+        Record::InstanceTypes { .. } => "instance_types",
     }
 }
 
@@ -1333,6 +1357,9 @@ pub(crate) fn apply(
             let plan: core::Plan = records::decode(plan)
                 .map_err(|e| core::InputError::InvalidSnapshot(format!("round plan: {e}")))?;
             core.commit(T::from_millis(*commit), plan)?;
+        }
+        Record::InstanceTypes { now, types } => {
+            core.handle_instance_types(T::from_millis(*now), types.clone())?;
         }
     }
     Ok(())

@@ -3,9 +3,11 @@
 
 use ebb_proto::v1 as pb;
 use ebb_proto::v1::market_service_server::MarketService;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::auth::principal;
+use crate::capacity::CapacityStatus;
 use crate::convert;
 use crate::driver::{DriverHandle, Request as D};
 use crate::error::ApiError;
@@ -15,12 +17,33 @@ use crate::validate;
 #[derive(Clone)]
 pub struct Market {
     driver: DriverHandle,
+    /// The reservation source's health, if one is configured.
+    capacity: Option<watch::Receiver<CapacityStatus>>,
 }
 
 impl Market {
-    /// Over a driver.
-    pub fn new(driver: DriverHandle) -> Self {
-        Market { driver }
+    /// Over a driver, with the reservation source's status if configured.
+    pub fn new(driver: DriverHandle, capacity: Option<watch::Receiver<CapacityStatus>>) -> Self {
+        Market { driver, capacity }
+    }
+
+    fn source(&self) -> Option<pb::CapacitySource> {
+        let status = self.capacity.as_ref()?.borrow().clone();
+        Some(pb::CapacitySource {
+            name: status.source,
+            fetched_time: status
+                .snapshot
+                .as_ref()
+                .map(|s| convert::ms_to_wire(s.fetched_at.as_millis())),
+            stale: status.stale,
+            last_error: status.last_error.unwrap_or_default(),
+            consecutive_failures: status.consecutive_failures,
+            item_errors: status
+                .snapshot
+                .as_ref()
+                .map(|s| s.errors.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -53,7 +76,10 @@ impl MarketService for Market {
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
         principal(&req)?.check_market_read()?;
         let pools = self.driver.call(|reply| D::Pools { reply }).await?;
-        Ok(Response::new(pb::ListPoolsResponse { pools }))
+        Ok(Response::new(pb::ListPoolsResponse {
+            pools,
+            source: self.source(),
+        }))
     }
 
     async fn report_streaming_demand(
