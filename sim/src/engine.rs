@@ -126,6 +126,9 @@ struct SimTask {
     host: u32,
     /// Restore time at the start of the current run (resuming saved progress).
     restore_ms: u64,
+    /// The current run's stop is a preemption (not a gang restart): decides
+    /// whether its unsaved work counts as lost to preemption or to failures.
+    stop_is_preempt: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -261,6 +264,7 @@ impl<'a> Sim<'a> {
                 pool: 0,
                 host: 0,
                 restore_ms: 0,
+                stop_is_preempt: false,
             }));
         }
         let progress = match &opts.progress {
@@ -744,6 +748,7 @@ impl<'a> Sim<'a> {
             }
             Phase::Running | Phase::Launching => {
                 t.phase = Phase::Stopping;
+                t.stop_is_preempt = cause == StopCause::Preempt;
                 let attempt = t.attempt;
                 self.push(stop_at, Ev::Stopped { task, attempt });
             }
@@ -769,9 +774,17 @@ impl<'a> Sim<'a> {
             .handle_task_stopped(self.ts(), task.run(attempt))
             .with_context(|| format!("task {task} stopped"))?;
         let j = task.job.0 as usize;
+        let preempted = self.tasks[f].stop_is_preempt;
         let (lost_cpu_h, state) = self.settle_run(f, task, ran);
         let n = self.jobs[j].spec.n_tasks;
-        self.metrics.on_stopped(j, self.now, lost_cpu_h, &state, n);
+        if preempted {
+            self.metrics.on_stopped(j, self.now, lost_cpu_h, &state, n);
+        } else {
+            // A gang member stopped to restart with a member that failed or
+            // was lost (the simulator never kills): the failure's loss, not
+            // preemption's, as the core's ledger books it.
+            self.metrics.on_failed(j, self.now, lost_cpu_h, &state, n);
+        }
         Ok(())
     }
 

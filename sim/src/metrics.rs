@@ -323,7 +323,8 @@ pub struct Summary {
     pub lost_preempt_cpu_h: f64,
     /// Lost to preemption as % of goodput.
     pub lost_preempt_pct: f64,
-    /// CPU-hours of work lost to failed runs (task failures and launch failures).
+    /// CPU-hours of work lost to failed runs (task failures and launch
+    /// failures, and gang members stopped to restart with a failed member).
     pub lost_failure_cpu_h: f64,
     /// Executor faults and checkpoint costs.
     pub faults: FaultFigures,
@@ -531,7 +532,8 @@ impl Metrics {
         self.terminal(j, now, || n_tasks);
     }
 
-    /// A run of a task of job `j` failed, losing `lost_cpu_h`.
+    /// A run of a task of job `j` failed (or, in a gang, was stopped to
+    /// restart with a member that failed or was lost), losing `lost_cpu_h`.
     pub fn on_failed(
         &mut self,
         j: usize,
@@ -551,7 +553,7 @@ impl Metrics {
         self.preempt_since_sample[pool as usize] += 1;
     }
 
-    /// A stopped task of job `j` released its resources, losing `lost_cpu_h`.
+    /// A preempted task of job `j` stopped and released its resources, losing `lost_cpu_h`.
     pub fn on_stopped(
         &mut self,
         j: usize,

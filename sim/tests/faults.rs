@@ -168,3 +168,44 @@ fn bad_faults_name_the_field() {
         assert!(err.contains(want), "`{extra}`: `{err}` lacks `{want}`");
     }
 }
+
+/// Gangs whose members fail, on a fleet with no market and no contention:
+/// nothing is preempted, so no work may count as lost to preemption. The
+/// members stopped to restart with a failed one lose their work to the
+/// failure (as the core's ledger books it), not to preemption.
+#[test]
+fn gang_restarts_after_a_failure_are_not_counted_as_preemption() {
+    let sc = Scenario::parse(
+        r#"
+name = "gang-fail"
+[sim]
+duration = "12h"
+launch_latency = { dist = "fixed", value = "1s" }
+[[fleet.regions]]
+name = "r"
+[[fleet.pools]]
+id = "p"
+region = "r"
+zone = "z"
+hosts = [{ instance_type = "m5.16xlarge", count = 20 }]
+[[workload]]
+kind = "ml_training"
+name = "g"
+team = "ml"
+jobs_per_day = 20
+gang_size = 4
+cpus = 16
+memory_gib = 32
+runtime = { dist = "fixed", value = "2h" }
+failure_probability = 0.3
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let o = run(&sc, 1, "binpack");
+    assert_conserved(&o);
+    let s = &o.summary;
+    assert_eq!(s.n_preemptions, 0, "nothing contends for the hosts");
+    assert_eq!(s.lost_preempt_cpu_h, 0.0, "{s:?}");
+    assert!(s.lost_failure_cpu_h > 0.0, "{s:?}");
+    assert!(o.jobs.iter().all(|j| j.lost_preempt_cpu_h == 0.0));
+}

@@ -148,6 +148,41 @@ fn leases_beyond_supply_are_reported_not_harvested() {
     );
 }
 
+/// A leased host that is mostly empty: one 16-vCPU, 32 GiB task alone on an
+/// m5.16xlarge (64 vCPU, 256 GiB) holds a quarter of it, so a quarter of the
+/// leased IE is allocated, not all of it.
+#[test]
+fn a_mostly_empty_leased_host_reports_its_allocated_share() {
+    let workload = r#"
+[[workload]]
+kind = "season_drop"
+name = "one"
+team = "t"
+at = "1m"
+episodes = 1
+output_files = 1
+cpu_hours = 32
+cpus = 16
+memory_gib = 32
+runtime = { dist = "fixed", value = "1h" }
+"#;
+    let o = run(&scenario("3h", "5m", "", workload));
+    assert!(
+        o.conservation_errors.is_empty(),
+        "{:?}",
+        o.conservation_errors
+    );
+    let c = &o.summary.capacity;
+    // One host leased for the task's 2 h.
+    assert!((c.leased_ie_h - 2.0).abs() < 0.01, "{}", c.leased_ie_h);
+    assert!(
+        (c.allocated_share_of_leased - 0.25).abs() < 1e-6,
+        "{}",
+        c.allocated_share_of_leased
+    );
+    assert!((c.allocated_ie_h - 0.25 * c.leased_ie_h).abs() < 1e-6);
+}
+
 /// A fleet full of critical work: nothing is leased, and the report says
 /// what critical work used instead of showing an empty fleet.
 #[test]
@@ -226,6 +261,11 @@ fn violations_come_from_event_times_not_samples() {
         c.violation_minutes
     );
     assert!(c.headroom_violation_ie_min > 0.0);
+    // Reclaimed within one grace (round interval + preemption grace): a
+    // violation, but none beyond grace.
+    assert!(c.violation_minutes * 60.0 < c.violation_grace_s, "{c:?}");
+    assert_eq!(c.violations_beyond_grace, 0, "{c:?}");
+    assert_eq!(c.violation_ie_min_beyond_grace, 0.0, "{c:?}");
     assert!(o.summary.n_preemptions >= 2);
 }
 
