@@ -37,5 +37,10 @@ trap 'scripts/moto.sh stop' EXIT
 moto_env=$(scripts/moto.sh start)   # an assignment, so set -e sees a failed start
 eval "$moto_env"                    # EBB_MOTO_ENDPOINT, EBB_MOTO_PYTHON, EBB_MOTO_LAUNCHER
 
+# The executor's end-to-end tests run the `ebb` server and CLI binaries of
+# another package, so build every binary first.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins --locked
+
 step "cargo test --workspace"
 cargo test --workspace --locked

@@ -1,7 +1,9 @@
 //! The executor's configuration (identity, data directory, limits defaults,
-//! log and retention knobs, the resource slice it offers) and the detection
-//! of the host's CPU and memory.
+//! log and retention knobs, the resource slice it offers, where its host sits
+//! in the market, how it reaches the server) and the detection of the host's
+//! CPU and memory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -118,12 +120,89 @@ fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
     }
 }
 
-/// The executor's configuration. Every field but `executor_id` has a default.
+/// Where this executor's host sits in the market, as `register` reports it.
+/// The defaults match the dev-mode server's built-in market (pool `demo` in
+/// region `local`, m5.16xlarge reservations), so `ebb server` and
+/// `ebb-executor` work together with no configuration at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// The pool whose reservations this host belongs to.
+    pub pool: String,
+    /// The EC2 instance type the host is (the catalog gives its IE).
+    pub instance_type: String,
+    /// Availability zone.
+    pub zone: String,
+    /// Region.
+    pub region: String,
+    /// Free-form attributes for placement constraints.
+    pub attributes: BTreeMap<String, String>,
+    /// GPU model, required by the server when the host offers GPUs.
+    pub gpu_model: Option<String>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            pool: "demo".into(),
+            instance_type: "m5.16xlarge".into(),
+            zone: "local-a".into(),
+            region: "local".into(),
+            attributes: BTreeMap::new(),
+            gpu_model: None,
+        }
+    }
+}
+
+/// How the executor reaches `ebb server`. The bearer token is not part of
+/// the file (it is a secret): the binary takes it from `--token`/`EBB_TOKEN`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The server's gRPC address, `http://host:port` or `https://host:port`.
+    pub address: String,
+    /// CA certificate (PEM) to verify an `https://` server with.
+    pub ca_cert: Option<PathBuf>,
+    /// How long one connection attempt (TCP, TLS, the `register` answer)
+    /// may take, in ms.
+    pub connect_timeout_ms: u64,
+    /// Delay before the first reconnection attempt, in ms; it doubles per
+    /// failed attempt up to `reconnect_max_ms`, with jitter.
+    pub reconnect_initial_ms: u64,
+    /// Longest delay between two reconnection attempts, in ms. Keep it well
+    /// under the server's heartbeat timeout (15 s by default): a host that
+    /// re-attaches within the timeout keeps its runs.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for ServerConfig {
+    /// 200 ms first retry: a restarting server is back within a second or
+    /// two, and 10,000 executors retrying at once spread out by the jitter.
+    /// 5 s cap: a host re-attaches within a third of the default 15 s
+    /// heartbeat timeout, so a server restart never costs it its runs.
+    /// 5 s connection timeout: a loopback or same-region connection takes
+    /// milliseconds; anything slower is a sick network worth retrying.
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:7600".into(),
+            ca_cert: None,
+            connect_timeout_ms: 5_000,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+/// The executor's configuration. Every field has a default but
+/// `executor_id`, which the binary takes from `--host-id` or the machine's
+/// hostname when the file leaves it out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorConfig {
-    /// This executor's id: labels and names every container it creates, so
-    /// it must stay the same across restarts for adoption to work.
+    /// This executor's id, which is also its host id on the server: labels
+    /// and names every container it creates, so it must stay the same
+    /// across restarts for adoption to work.
+    #[serde(default)]
     pub executor_id: String,
     /// Where per-run scratch directories live (`<data_dir>/runs/<run>`).
     #[serde(default = "defaults::data_dir")]
@@ -160,9 +239,19 @@ pub struct ExecutorConfig {
     /// at its runtime limit, in ms.
     #[serde(default = "defaults::runtime_limit_grace_ms")]
     pub runtime_limit_grace_ms: u64,
+    /// Grace between SIGTERM and SIGKILL for a run the server disowns (it
+    /// refused a report about it as stale or foreign), in ms.
+    #[serde(default = "defaults::disown_grace_ms")]
+    pub disown_grace_ms: u64,
     /// The share of the machine this executor offers.
     #[serde(default)]
     pub resources: ResourceSlice,
+    /// Where the host sits in the market.
+    #[serde(default)]
+    pub host: HostConfig,
+    /// How to reach the server.
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 
 mod defaults {
@@ -206,6 +295,11 @@ mod defaults {
     pub(super) fn runtime_limit_grace_ms() -> u64 {
         10_000
     }
+    /// 10 s, as for the runtime limit: a run nobody accounts for should not
+    /// hold capacity long, but may still checkpoint.
+    pub(super) fn disown_grace_ms() -> u64 {
+        10_000
+    }
 }
 
 impl ExecutorConfig {
@@ -222,18 +316,27 @@ impl ExecutorConfig {
             max_remembered_runs: defaults::max_remembered_runs(),
             image_pull_timeout_ms: defaults::image_pull_timeout_ms(),
             runtime_limit_grace_ms: defaults::runtime_limit_grace_ms(),
+            disown_grace_ms: defaults::disown_grace_ms(),
             resources: ResourceSlice::default(),
+            host: HostConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 
     /// Parses TOML, rejecting unknown keys, and validates.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|err| ConfigError::Invalid {
-            field: "(config file)",
-            message: err.to_string(),
-        })?;
+        let config = Self::parse_toml(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses TOML, rejecting unknown keys at every level, without
+    /// validating: the binary applies its flags first, then validates.
+    pub fn parse_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Invalid {
+            field: "(config file)",
+            message: err.to_string(),
+        })
     }
 
     /// Checks every field, naming the first wrong one.
@@ -277,6 +380,43 @@ impl ExecutorConfig {
         }
         if self.image_pull_timeout_ms == 0 {
             return invalid("image_pull_timeout_ms", "must be greater than zero");
+        }
+        for (field, value) in [
+            ("host.pool", &self.host.pool),
+            ("host.instance_type", &self.host.instance_type),
+            ("host.zone", &self.host.zone),
+            ("host.region", &self.host.region),
+        ] {
+            if value.trim().is_empty() {
+                return invalid(field, "must not be empty");
+            }
+        }
+        if self
+            .host
+            .gpu_model
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return invalid("host.gpu_model", "must not be empty when given");
+        }
+        let server = &self.server;
+        if !(server.address.starts_with("http://") || server.address.starts_with("https://")) {
+            return invalid(
+                "server.address",
+                "must start with http:// or https:// (e.g. http://127.0.0.1:7600)",
+            );
+        }
+        if server.connect_timeout_ms == 0 {
+            return invalid("server.connect_timeout_ms", "must be greater than zero");
+        }
+        if server.reconnect_initial_ms == 0 {
+            return invalid("server.reconnect_initial_ms", "must be greater than zero");
+        }
+        if server.reconnect_max_ms < server.reconnect_initial_ms {
+            return invalid(
+                "server.reconnect_max_ms",
+                "must be at least server.reconnect_initial_ms",
+            );
         }
         Ok(())
     }
@@ -390,11 +530,59 @@ mod tests {
         let err =
             ExecutorConfig::from_toml("executor_id = \"a\"\n[resources]\ncpus = 2\n").unwrap_err();
         assert!(err.to_string().contains("cpus"), "{err}");
+        let err =
+            ExecutorConfig::from_toml("executor_id = \"a\"\n[host]\nzones = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("zones"), "{err}");
+        let err = ExecutorConfig::from_toml("executor_id = \"a\"\n[server]\ntoken = \"x\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
         let config =
             ExecutorConfig::from_toml("executor_id = \"host-1\"\n[resources]\ncpu_millis = 500\n")
                 .unwrap();
         assert_eq!(config.resources.cpu_millis, Some(500));
         assert_eq!(config.default_pids_limit, 2048);
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../examples/executor.toml");
+        let config = ExecutorConfig::from_toml(text).unwrap();
+        assert_eq!(config.host.pool, "east");
+        assert_eq!(config.resources.cpu_millis, Some(1000));
+    }
+
+    #[test]
+    fn host_and_server_fields_are_checked() {
+        /// A named edit of a valid configuration and the field it breaks.
+        type Case = (&'static str, fn(&mut ExecutorConfig), &'static str);
+        let cases: Vec<Case> = vec![
+            ("empty pool", |c| c.host.pool = " ".into(), "host.pool"),
+            ("empty zone", |c| c.host.zone.clear(), "host.zone"),
+            (
+                "no scheme",
+                |c| c.server.address = "127.0.0.1:7600".into(),
+                "server.address",
+            ),
+            (
+                "cap below the first delay",
+                |c| c.server.reconnect_max_ms = 10,
+                "server.reconnect_max_ms",
+            ),
+            (
+                "no connect timeout",
+                |c| c.server.connect_timeout_ms = 0,
+                "server.connect_timeout_ms",
+            ),
+        ];
+        for (name, edit, field) in cases {
+            let mut config = ExecutorConfig::new("host-1");
+            edit(&mut config);
+            match config.validate() {
+                Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        ExecutorConfig::new("host-1").validate().unwrap();
     }
 
     #[test]
