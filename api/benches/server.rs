@@ -97,6 +97,7 @@ fn job(team: &str, n_tasks: u32, cpu_millis: u64, memory_mib: u64) -> pb::Create
                 env: [("SEASON".to_owned(), "42".to_owned())]
                     .into_iter()
                     .collect(),
+                ..Default::default()
             }),
             ..Default::default()
         }),

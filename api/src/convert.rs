@@ -306,6 +306,15 @@ pub fn job_from_wire(
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            // Validated before conversion; normalized so that `cap_kill`
+            // and `KILL` are the same job for an idempotent retry.
+            capabilities: container
+                .capabilities
+                .iter()
+                .map(|c| ebb_proto::allowed_capability(c).unwrap_or(c).to_owned())
+                .collect(),
+            read_only_root_fs: container.read_only_root_fs,
+            pids_limit: container.pids_limit,
         },
         labels: spec
             .labels
@@ -331,6 +340,9 @@ fn container_to_wire(c: &Container) -> pb::ContainerSpec {
         image: c.image.clone(),
         command: c.command.clone(),
         env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        capabilities: c.capabilities.clone(),
+        read_only_root_fs: c.read_only_root_fs,
+        pids_limit: c.pids_limit,
     }
 }
 

@@ -131,6 +131,12 @@ pub struct Container {
     pub command: Vec<String>,
     /// Environment.
     pub env: BTreeMap<String, String>,
+    /// Capabilities to keep, normalized (`NET_BIND_SERVICE`).
+    pub capabilities: Vec<String>,
+    /// Mount the image read-only.
+    pub read_only_root_fs: bool,
+    /// Process limit; 0 takes the executor's default.
+    pub pids_limit: u32,
 }
 
 /// The server's own durable state besides the core and the job side data.

@@ -394,7 +394,33 @@ fn container(c: &mut Check, k: &pb::ContainerSpec) {
             format!("must be at most {MAX_ENV_BYTES} bytes in all"),
         );
     }
+    let mut kept = std::collections::BTreeSet::new();
+    for (i, cap) in k.capabilities.iter().enumerate() {
+        match ebb_proto::allowed_capability(cap) {
+            None => c.bad(
+                format!("spec.container.capabilities[{i}]"),
+                format!(
+                    "`{cap}` is not allowed; a job may keep only {}",
+                    ebb_proto::ALLOWED_CAPABILITIES.join(", ")
+                ),
+            ),
+            Some(name) if !kept.insert(name) => c.bad(
+                format!("spec.container.capabilities[{i}]"),
+                format!("`{cap}` is listed twice"),
+            ),
+            Some(_) => {}
+        }
+    }
+    if k.pids_limit > MAX_PIDS_LIMIT {
+        c.bad(
+            "spec.container.pids_limit",
+            format!("must be at most {MAX_PIDS_LIMIT} (0 takes the executor's default)"),
+        );
+    }
 }
+
+/// Linux's largest `pid_max` (2²²): a limit above it limits nothing.
+const MAX_PIDS_LIMIT: u32 = 4_194_304;
 
 /// Checks a Docker image reference against the distribution project's
 /// grammar: `[domain[:port]/]path[:tag][@algorithm:hex]`.

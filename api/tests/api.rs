@@ -862,6 +862,45 @@ async fn every_validation_rule_names_its_field_and_stores_nothing() {
             "spec.container.env[1BAD]",
         ),
         (
+            "capability outside the allow-list",
+            |r| {
+                r.spec
+                    .as_mut()
+                    .unwrap()
+                    .container
+                    .as_mut()
+                    .unwrap()
+                    .capabilities = vec!["KILL".into(), "SYS_ADMIN".into()]
+            },
+            "spec.container.capabilities[1]",
+        ),
+        (
+            "capability listed twice",
+            |r| {
+                r.spec
+                    .as_mut()
+                    .unwrap()
+                    .container
+                    .as_mut()
+                    .unwrap()
+                    .capabilities = vec!["cap_kill".into(), "KILL".into()]
+            },
+            "spec.container.capabilities[1]",
+        ),
+        (
+            "pids limit above pid_max",
+            |r| {
+                r.spec
+                    .as_mut()
+                    .unwrap()
+                    .container
+                    .as_mut()
+                    .unwrap()
+                    .pids_limit = 5_000_000
+            },
+            "spec.container.pids_limit",
+        ),
+        (
             "huge command",
             |r| {
                 r.spec.as_mut().unwrap().container.as_mut().unwrap().command =

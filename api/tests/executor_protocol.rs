@@ -181,6 +181,18 @@ async fn the_first_message_must_register_with_a_valid_host() {
         .err()
         .unwrap();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A pool the server does not configure is a typo, not a silent idle host.
+    let mut typo = host("z", 1000, 1024);
+    typo.pool = "dmeo".into();
+    let e = FakeExecutor::attach(&s.addr, None, typo, vec![])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(fields(&e), ["register.host.pool"], "{e:?}");
+    assert!(
+        e.message().contains("dmeo") || format!("{e:?}").contains("configured: demo"),
+        "{e:?}"
+    );
     s.stop().await;
 }
 

@@ -318,12 +318,11 @@ pub fn from_server(message: pb::SchedulerMessage) -> Result<FromServer, WireErro
     }
 }
 
-/// The run spec of a launch. The wire carries the image, argv, environment,
-/// the task's request (enforced as limits) and the runtime limit; pids limit,
-/// capabilities and a read-only root filesystem are not on the wire, so the
-/// executor's defaults apply (its pids limit, every capability dropped, a
-/// writable root). The run manager validates the result and reports a bad
-/// one as a start failure naming the field.
+/// The run spec of a launch: image, argv, environment, the task's request
+/// (enforced as limits), capabilities to keep, read-only root, pids limit
+/// (0: the executor's default) and the runtime limit. The run manager
+/// validates the result (capabilities against the allow-list again) and
+/// reports a bad one as a start failure naming the field.
 fn spec_from_wire(launch: &pb::LaunchTask) -> Result<RunSpec, WireError> {
     let container = launch.container.clone().unwrap_or_default();
     let limits = launch.limits.clone().unwrap_or_default();
@@ -341,9 +340,9 @@ fn spec_from_wire(launch: &pb::LaunchTask) -> Result<RunSpec, WireError> {
         env: container.env.into_iter().collect::<BTreeMap<_, _>>(),
         cpu_millis: limits.cpu_millis,
         memory_mib: limits.memory_mib,
-        pids_limit: None,
-        capabilities: Vec::new(),
-        read_only_rootfs: false,
+        pids_limit: (container.pids_limit > 0).then_some(container.pids_limit),
+        capabilities: container.capabilities,
+        read_only_rootfs: container.read_only_root_fs,
         runtime_limit_ms,
     })
 }
@@ -622,6 +621,33 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_pids_limit_takes_the_executors_default() {
+        let launch = pb::LaunchTask {
+            run: Some(wire_run()),
+            container: Some(pb::ContainerSpec {
+                image: "ebb-workload:dev".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let decoded = from_server(pb::SchedulerMessage {
+            message: Some(Down::Launch(launch)),
+        })
+        .unwrap();
+        let FromServer::Launch { spec, .. } = decoded else {
+            panic!("{decoded:?}");
+        };
+        assert_eq!(
+            (
+                spec.pids_limit,
+                spec.capabilities.len(),
+                spec.read_only_rootfs
+            ),
+            (None, 0, false)
+        );
+    }
+
+    #[test]
     fn launch_maps_container_limits_and_runtime_limit() {
         let launch = pb::LaunchTask {
             run: Some(wire_run()),
@@ -629,6 +655,9 @@ mod tests {
                 image: "ebb-workload:dev".into(),
                 command: vec!["/workload".into(), "--work-ms".into(), "500".into()],
                 env: [("CHUNK".to_owned(), "7".to_owned())].into_iter().collect(),
+                capabilities: vec!["NET_BIND_SERVICE".into()],
+                read_only_root_fs: true,
+                pids_limit: 64,
             }),
             limits: Some(pb::Resources {
                 cpu_millis: 500,
@@ -654,9 +683,9 @@ mod tests {
                 env: BTreeMap::from([("CHUNK".to_owned(), "7".to_owned())]),
                 cpu_millis: 500,
                 memory_mib: 64,
-                pids_limit: None,
-                capabilities: Vec::new(),
-                read_only_rootfs: false,
+                pids_limit: Some(64),
+                capabilities: vec!["NET_BIND_SERVICE".into()],
+                read_only_rootfs: true,
                 runtime_limit_ms: Some(90_500),
             }
         );

@@ -9,5 +9,33 @@ pub mod v1 {
     tonic::include_proto!("ebb.v1");
 }
 
+/// Linux capabilities a job may ask to keep (`ContainerSpec.capabilities`),
+/// without the `CAP_` prefix. Every container starts with all capabilities
+/// dropped; these are the ones batch work (encoders, trainers, their launch
+/// wrappers) plausibly needs and that do not let a container reach the host:
+/// no `SYS_ADMIN`, `NET_ADMIN`, `SYS_PTRACE`, `SYS_MODULE`,
+/// `DAC_READ_SEARCH` or similar. The server validates requests against this
+/// list and the executor enforces it again; both share it from here.
+pub const ALLOWED_CAPABILITIES: [&str; 9] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "NET_BIND_SERVICE",
+    "SETGID",
+    "SETUID",
+    "SYS_NICE",
+];
+
+/// A capability name as `ContainerSpec.capabilities` may spell it
+/// (`net_bind_service`, `CAP_NET_BIND_SERVICE`), normalized to the list's
+/// spelling; `None` if it is not allowed.
+pub fn allowed_capability(text: &str) -> Option<&'static str> {
+    let upper = text.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    ALLOWED_CAPABILITIES.into_iter().find(|c| *c == bare)
+}
+
 /// The encoded file descriptor set, for the gRPC reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ebb_descriptor");

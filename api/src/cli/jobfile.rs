@@ -202,6 +202,15 @@ pub struct ContainerFile {
     /// Environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Capabilities to keep (all others are dropped).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Mount the image read-only.
+    #[serde(default)]
+    pub read_only_root_fs: bool,
+    /// Process limit; none takes the executor's default.
+    #[serde(default)]
+    pub pids_limit: Option<u32>,
 }
 
 /// Reads a job file: JSON if it ends in `.json` (or starts with `{`), YAML otherwise.
@@ -353,6 +362,9 @@ impl JobFile {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
+                    capabilities: self.container.capabilities.clone(),
+                    read_only_root_fs: self.container.read_only_root_fs,
+                    pids_limit: self.container.pids_limit.unwrap_or(0),
                 }),
                 runtime_limit,
                 expected_runtime,

@@ -117,6 +117,29 @@ impl Driver {
         conn: ExecConn,
     ) -> Result<(), ApiError> {
         let spec = convert::host_from_wire(&host);
+        // The core accepts a host of any pool (critical work may run there),
+        // but a pool the server does not configure is almost always a typo
+        // that would leave the host idle forever: refuse it by name.
+        if !self.server.pool_specs.contains_key(&spec.pool) {
+            let known: Vec<String> = self
+                .server
+                .pool_specs
+                .keys()
+                .map(ToString::to_string)
+                .collect();
+            return Err(ApiError::field(
+                "register.host.pool",
+                format!(
+                    "pool `{}` is not configured on this server (configured: {})",
+                    spec.pool,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
         let id = spec.id.to_string();
         let now = self.now();
         match self.core.host(&spec.id).map(|h| h.spec().clone()) {

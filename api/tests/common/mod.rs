@@ -148,6 +148,7 @@ pub fn job(team: &str, n_tasks: u32) -> pb::CreateJobRequest {
                 image: "busybox:1.36".into(),
                 command: vec!["sleep".into(), "1".into()],
                 env: [("CHUNK".to_owned(), "7".to_owned())].into_iter().collect(),
+                ..Default::default()
             }),
             labels: [("show".to_owned(), "tidewater".to_owned())]
                 .into_iter()

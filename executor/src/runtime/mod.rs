@@ -444,6 +444,13 @@ mod tests {
         for cap in Capability::ALL {
             assert_eq!(Capability::parse(cap.name()), Some(cap));
         }
+        // The server validates requests against the list in ebb-proto; the
+        // executor must enforce exactly the same one.
+        assert_eq!(
+            Capability::ALL.map(Capability::name),
+            ebb_proto::ALLOWED_CAPABILITIES,
+            "the executor's allow-list and the server's differ"
+        );
     }
 
     #[test]
