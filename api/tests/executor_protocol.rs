@@ -64,6 +64,25 @@ async fn launches_and_reports_drive_a_job_to_success() {
         .unwrap()
         .into_inner();
     assert_eq!(t.tasks[0].n_failures, 1);
+    // The pending task (failed on b, backing off) names no host; each
+    // completed one names the host its run ran on, from the executors' own
+    // books of what they were told to launch.
+    assert_eq!(t.tasks[0].host_id, "", "a pending task holds no host");
+    let done = jobs
+        .list_tasks(pb::ListTasksRequest {
+            job_id: id,
+            state: pb::TaskState::Completed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(done.len(), 3);
+    for t in &done {
+        let on_a = ra.iter().any(|r| r.task_index == t.task_index);
+        assert_eq!(t.host_id, if on_a { "a" } else { "b" }, "{t:?}");
+    }
     assert!(a.n_refused().await + b.n_refused().await == 0);
     assert!(a.book.lock().await.double_launch.is_empty());
     s.stop().await;

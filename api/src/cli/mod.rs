@@ -68,6 +68,16 @@ pub enum Command {
     },
     /// IE-hours held, charges and work lost to preemption over a time range.
     Ledger(LedgerArgs),
+    /// Report streaming demand or a regional failover, as a streaming
+    /// autoscaler does (admin or autoscaler principals).
+    Demand {
+        #[command(flatten)]
+        /// Where the server is.
+        conn: Conn,
+        #[command(subcommand)]
+        /// Which report.
+        command: DemandCommand,
+    },
 }
 
 /// `ebb server` flags; each overrides the config file and has an `EBB_*` variable.
@@ -103,6 +113,31 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// `ebb demand ...`
+#[derive(Debug, Subcommand)]
+pub enum DemandCommand {
+    /// The IE streaming uses in a pool now; supply shrinks (and batch work
+    /// is reclaimed) or grows at the next round.
+    Report {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// Streaming demand in instance equivalents (e.g. `4` or `2.5`).
+        #[arg(long)]
+        ie: f64,
+    },
+    /// A region failed over (its traffic moves to the others), or, with
+    /// `--end`, came back.
+    Failover {
+        /// The region.
+        #[arg(long)]
+        region: String,
+        /// The failover ended (failback).
+        #[arg(long)]
+        end: bool,
+    },
 }
 
 /// Where the server is and who we are.
@@ -399,6 +434,46 @@ pub async fn run_client(command: Command) -> Result<i32, CliError> {
             let resp = m.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
             output::capacity(&resp.pools, format);
             output::capacity_source(resp.source.as_ref(), format);
+            Ok(0)
+        }
+        Command::Demand { conn, command } => {
+            let mut m = market_client(&conn).await?;
+            match command {
+                DemandCommand::Report { pool, ie } => {
+                    if !ie.is_finite() || ie < 0.0 {
+                        return Err(
+                            anyhow::anyhow!("--ie must be a finite number ≥ 0, not {ie}").into(),
+                        );
+                    }
+                    let p = m
+                        .report_streaming_demand(pb::ReportStreamingDemandRequest {
+                            pool,
+                            demand_micro_ie: (ie * 1e6).round() as u64,
+                        })
+                        .await?
+                        .into_inner()
+                        .pool
+                        .unwrap_or_default();
+                    println!(
+                        "pool {}: streaming {} IE, supply {} IE, leased {} IE",
+                        p.pool,
+                        p.streaming_micro_ie as f64 / 1e6,
+                        p.supply_micro_ie as f64 / 1e6,
+                        p.leased_micro_ie as f64 / 1e6
+                    );
+                }
+                DemandCommand::Failover { region, end } => {
+                    m.report_failover(pb::ReportFailoverRequest {
+                        region: region.clone(),
+                        active: !end,
+                    })
+                    .await?;
+                    println!(
+                        "failover of region {region} {}",
+                        if end { "ended" } else { "reported" }
+                    );
+                }
+            }
             Ok(0)
         }
         Command::Price { conn, format } => {

@@ -217,7 +217,32 @@ impl Driver {
             .list_tasks(id, state, after, page_size(req.page_size))
             .expect("visible job");
         Ok(pb::ListTasksResponse {
-            tasks: page.items.iter().map(convert::task_to_wire).collect(),
+            tasks: page
+                .items
+                .iter()
+                .map(|t| {
+                    let mut w = convert::task_to_wire(t);
+                    // The core names a host only while a run holds one; for
+                    // an ended run, say where it ran (the server remembers
+                    // the latest run's host) so `ebb job tasks` can answer
+                    // "where did my task run?".
+                    let ended = [
+                        pb::TaskState::Completed,
+                        pb::TaskState::Failed,
+                        pb::TaskState::Cancelled,
+                    ]
+                    .map(|s| s as i32)
+                    .contains(&w.state);
+                    if ended
+                        && w.host_id.is_empty()
+                        && let Some((attempt, host)) = self.run_hosts.get(&t.id)
+                        && *attempt == t.run.attempt
+                    {
+                        w.host_id = host.to_string();
+                    }
+                    w
+                })
+                .collect(),
             next_page_token: page
                 .next
                 .map(|n| encode_token(u64::from(n), hash))
