@@ -37,6 +37,13 @@ trap 'scripts/moto.sh stop' EXIT
 moto_env=$(scripts/moto.sh start)   # an assignment, so set -e sees a failed start
 eval "$moto_env"                    # EBB_MOTO_ENDPOINT, EBB_MOTO_PYTHON, EBB_MOTO_LAUNCHER
 
+# The finance dashboard's browser test (api/tests/dashboard.rs) loads the
+# dashboard in Debian's chromium, headless.
+if ! command -v chromium >/dev/null 2>&1; then
+    step "installing chromium (finance dashboard browser test)"
+    apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }
+fi
+
 # The executor's end-to-end tests run the `ebb` server and CLI binaries of
 # another package, so build every binary first.
 step "cargo build --workspace --bins"

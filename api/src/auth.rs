@@ -124,6 +124,16 @@ impl Principal {
         }
     }
 
+    /// Read finance reports and the dashboard: finance and admins only
+    /// (teams see their own rows through the ledger instead).
+    pub fn check_finance(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Finance => Ok(()),
+            p if p.is_admin() => Ok(()),
+            _ => Err(self.deny("read finance reports")),
+        }
+    }
+
     /// Attach an executor stream: executors only (and dev mode).
     pub fn check_executor(&self) -> Result<(), ApiError> {
         match self {
@@ -189,14 +199,20 @@ impl Authenticator {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization header must be `Bearer <token>`")
             })?;
-        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        match self.tokens.get(&hash) {
-            Some((name, p)) => {
-                tracing::trace!(token = %name, "authenticated");
-                Ok(p.clone())
-            }
-            None => Err(Status::unauthenticated("unknown token")),
+        self.principal_for_token(token)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))
+    }
+
+    /// The principal a bearer token stands for (dev mode: [`Principal::Dev`]).
+    pub fn principal_for_token(&self, token: &str) -> Option<Principal> {
+        if self.is_dev_mode() {
+            return Some(Principal::Dev);
         }
+        let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        self.tokens.get(&hash).map(|(name, p)| {
+            tracing::trace!(token = %name, "authenticated");
+            p.clone()
+        })
     }
 
     /// A tonic interceptor that puts the caller's [`Principal`] into the

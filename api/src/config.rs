@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer};
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
-    /// HTTP listen address (`/metrics`, `/healthz`).
+    /// HTTP listen address (`/metrics`, `/healthz`, `/dashboard`).
     pub http_listen: SocketAddr,
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
@@ -46,6 +46,19 @@ pub struct Config {
     pub capacity: Option<CapacitySetup>,
     /// The scheduler core's own knobs (placement policy, teams, market).
     pub scheduler: core::SchedulerConfig,
+    /// Finance reports.
+    pub finance: FinanceConfig,
+}
+
+/// Finance reports.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinanceConfig {
+    /// The reservations' effective hourly rate per IE (upfront amortized
+    /// plus recurring), in USD. Unset: the catalog's on-demand price of the
+    /// reference type stands in, and reports say so (idle cost is then an
+    /// upper bound).
+    pub reserved_usd_per_ie_hour: Option<f64>,
 }
 
 impl Default for Config {
@@ -64,6 +77,7 @@ impl Default for Config {
             market: MarketSetup::default(),
             capacity: None,
             scheduler: core::SchedulerConfig::default(),
+            finance: FinanceConfig::default(),
         }
     }
 }
@@ -194,21 +208,31 @@ pub struct StoreConfig {
     /// How long ledger samples are kept.
     #[serde(deserialize_with = "duration")]
     pub ledger_retention: Duration,
+    /// Samples older than this are down-sampled to one per
+    /// `ledger_downsample_step` (samples are cumulative, so ranges stay exact;
+    /// only their resolution coarsens).
+    #[serde(deserialize_with = "duration")]
+    pub ledger_downsample_after: Duration,
+    /// The resolution kept after `ledger_downsample_after`.
+    #[serde(deserialize_with = "duration")]
+    pub ledger_downsample_step: Duration,
 }
 
 impl Default for StoreConfig {
     /// 10,000 records or 64 MiB between snapshots keeps a restart's replay
     /// under a second or two; a day of finished jobs lets teams inspect
-    /// yesterday's runs; 5-minute ledger samples give finance ranges at
-    /// 5-minute resolution and cost ~100k samples a year, kept 400 days for
-    /// year-over-year comparisons.
+    /// yesterday's runs; 1-minute ledger samples give finance's dashboard
+    /// minute resolution for a week (~10k samples), then hourly samples
+    /// (~9k a year) kept 400 days for year-over-year comparisons.
     fn default() -> Self {
         StoreConfig {
             snapshot_every_records: 10_000,
             snapshot_every_bytes: 64 << 20,
             finished_job_retention: Duration::from_secs(24 * 3600),
-            ledger_sample_interval: Duration::from_secs(300),
+            ledger_sample_interval: Duration::from_secs(60),
             ledger_retention: Duration::from_secs(400 * 24 * 3600),
+            ledger_downsample_after: Duration::from_secs(7 * 24 * 3600),
+            ledger_downsample_step: Duration::from_secs(3600),
         }
     }
 }
@@ -428,6 +452,16 @@ impl Config {
             "store.ledger_sample_interval must be greater than zero"
         );
         anyhow::ensure!(
+            self.store.ledger_downsample_step >= self.store.ledger_sample_interval,
+            "store.ledger_downsample_step must be at least store.ledger_sample_interval"
+        );
+        if let Some(rate) = self.finance.reserved_usd_per_ie_hour {
+            anyhow::ensure!(
+                (0.0..1e9).contains(&rate),
+                "finance.reserved_usd_per_ie_hour must be a non-negative number below 10^9"
+            );
+        }
+        anyhow::ensure!(
             self.limits.max_message_bytes >= 64 * 1024,
             "limits.max_message_bytes must be at least 64 KiB"
         );
@@ -498,6 +532,7 @@ mod tests {
                 "[[market.pools]]\nid = \"p\"\nregion = \"r\"\n[[market.pools.reservations]]\ninstance_type = \"m5.large\"\ncount = 1\ncost = 2",
             ),
             ("scheduler", "[scheduler]\nkill_grase = 3"),
+            ("finance", "[finance]\nreserved_rate = 2.0"),
             (
                 "capacity",
                 "[capacity]\nstatic_file = \"r.toml\"\nrefresh = \"1m\"",
@@ -518,6 +553,20 @@ mod tests {
         .unwrap();
         assert_eq!(ok.executors.timeout(), Duration::from_secs(6));
         assert_eq!(ok.market.pools[0].reservations.len(), 1);
+        let ok = Config::from_toml(
+            "[finance]\nreserved_usd_per_ie_hour = 2.5\n[store]\nledger_downsample_after = \"2d\"",
+        )
+        .unwrap();
+        assert_eq!(ok.finance.reserved_usd_per_ie_hour, Some(2.5));
+        assert_eq!(
+            ok.store.ledger_downsample_after,
+            Duration::from_secs(2 * 24 * 3600)
+        );
+        ok.validate().unwrap();
+        let mut bad = ok;
+        bad.finance.reserved_usd_per_ie_hour = Some(-1.0);
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("finance.reserved_usd_per_ie_hour"), "{e}");
     }
 
     #[test]

@@ -707,6 +707,55 @@ pub fn ledger_to_wire(start: &LedgerSample, end: &LedgerSample) -> Vec<pb::Ledge
         .collect()
 }
 
+/// A finance report row.
+pub fn utilization_row_to_wire(r: &crate::finance::Row) -> pb::UtilizationRow {
+    let c = &r.capacity;
+    pb::UtilizationRow {
+        start_time: Some(ms_to_wire(r.start_ms)),
+        end_time: Some(ms_to_wire(r.end_ms)),
+        group: r.group.clone(),
+        reserved_micro_ie_ms: c.reserved.to_string(),
+        streaming_micro_ie_ms: c.streaming.to_string(),
+        headroom_micro_ie_ms: c.headroom.to_string(),
+        supply_micro_ie_ms: c.supply.to_string(),
+        leased_micro_ie_ms: c.leased.to_string(),
+        allocated_micro_ie_ms: c.allocated.to_string(),
+        idle_micro_ie_ms: c.idle.to_string(),
+        reserved_ie_hours: ie_hours(c.reserved),
+        streaming_ie_hours: ie_hours(c.streaming),
+        headroom_ie_hours: ie_hours(c.headroom),
+        supply_ie_hours: ie_hours(c.supply),
+        leased_ie_hours: ie_hours(c.leased),
+        allocated_ie_hours: ie_hours(c.allocated),
+        idle_ie_hours: ie_hours(c.idle),
+        utilization_ppm: r.utilization_ppm(),
+        charges_micros: r.charges_micros,
+        idle_cost_micros: r.idle_cost_micros,
+        on_demand_micros: r.on_demand_micros,
+        savings_micros: r.savings_micros().clamp(i64::MIN.into(), i64::MAX.into()) as i64,
+        lost_micro_ie_ms: r.lost.to_string(),
+        lost_ie_hours: ie_hours(r.lost),
+        n_preemptions: r.n_preemptions,
+        n_over_budget: r.n_over_budget,
+        clearing_price_micros: r.clearing_price_micros,
+        rate_is_on_demand: r.rate_is_on_demand,
+    }
+}
+
+/// The finance grouping of a wire enum value (unspecified: pool).
+pub fn grouping_from_wire(v: i32) -> Result<crate::finance::Grouping, ApiError> {
+    use crate::finance::Grouping;
+    match pb::UtilizationGrouping::try_from(v) {
+        Ok(pb::UtilizationGrouping::Unspecified | pb::UtilizationGrouping::Pool) => {
+            Ok(Grouping::Pool)
+        }
+        Ok(pb::UtilizationGrouping::Region) => Ok(Grouping::Region),
+        Ok(pb::UtilizationGrouping::Family) => Ok(Grouping::Family),
+        Ok(pb::UtilizationGrouping::Team) => Ok(Grouping::Team),
+        Err(_) => Err(ApiError::field("group_by", format!("unknown grouping {v}"))),
+    }
+}
+
 /// Pool totals over a range, by difference of two cumulative samples.
 pub fn pool_totals_to_wire(start: &LedgerSample, end: &LedgerSample) -> Vec<pb::PoolTotals> {
     end.pools

@@ -1,5 +1,6 @@
-//! The HTTP port: `/metrics` (Prometheus text) and `/healthz` (200 while the
-//! driver runs, 503 once it stopped). The finance dashboard will live here.
+//! The HTTP port: `/metrics` (Prometheus text), `/healthz` (200 while the
+//! driver runs, 503 once it stopped), and the finance dashboard
+//! ([`crate::dashboard`]: `/dashboard`, its CSV downloads, `/login`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+use crate::dashboard::{self, Dashboard};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -46,15 +48,29 @@ pub async fn serve(
     listener: TcpListener,
     metrics_: Arc<Metrics>,
     alive: Arc<AtomicBool>,
+    dashboard: Dashboard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let finance = Router::new()
+        .route("/", get(|| async { Redirect::to("/dashboard") }))
+        .route("/dashboard", get(dashboard::overview))
+        .route(
+            "/dashboard/utilization.csv",
+            get(dashboard::utilization_csv),
+        )
+        .route("/dashboard/series.csv", get(dashboard::series_csv))
+        .route("/dashboard/chargeback.csv", get(dashboard::chargeback_csv))
+        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
+        .with_state(dashboard);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(AppState {
             metrics: metrics_,
             alive,
-        });
+        })
+        .merge(finance);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -16,7 +16,10 @@
 //! - [`driver`]: the loop around the sans-IO scheduler core.
 //! - [`store`]: the `Store` trait and the embedded redb store.
 //! - [`records`]: what is made durable.
-//! - [`services`], [`server`], [`http`], [`metrics`]: the network shell.
+//! - [`finance`]: utilization, idle cost, savings and chargeback from the
+//!   ledger samples.
+//! - [`services`], [`server`], [`http`], [`metrics`]: the network shell;
+//!   [`dashboard`]: the finance dashboard on the HTTP port.
 //! - [`cli`]: the `ebb` command-line client.
 
 pub mod auth;
@@ -24,8 +27,10 @@ pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod dashboard;
 pub mod driver;
 pub mod error;
+pub mod finance;
 pub mod http;
 pub mod metrics;
 pub mod records;

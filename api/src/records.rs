@@ -171,6 +171,31 @@ pub struct LedgerSample {
     pub entries: Vec<core::LedgerEntry>,
     /// Pool totals.
     pub pools: Vec<core::PoolTotals>,
+    /// Each pool's clearing price at the instant, micro-units per IE-hour.
+    /// Appended last: samples written before it decode through
+    /// [`LedgerSample::decode`] with no prices.
+    pub prices: Vec<(core::PoolId, u64)>,
+}
+
+impl LedgerSample {
+    /// Decodes a stored sample, including one written before `prices`
+    /// existed (postcard is not self-describing, so such bytes end early
+    /// and are read as the older shape).
+    pub fn decode(bytes: &[u8]) -> Result<LedgerSample, postcard::Error> {
+        #[derive(Deserialize)]
+        struct Legacy {
+            entries: Vec<core::LedgerEntry>,
+            pools: Vec<core::PoolTotals>,
+        }
+        decode(bytes).or_else(|e| match decode::<Legacy>(bytes) {
+            Ok(l) => Ok(LedgerSample {
+                entries: l.entries,
+                pools: l.pools,
+                prices: Vec::new(),
+            }),
+            Err(_) => Err(e),
+        })
+    }
 }
 
 /// Encodes a durable value.
@@ -181,4 +206,40 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a durable value.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_written_before_prices_existed_still_decodes() {
+        #[derive(Serialize)]
+        struct Old {
+            entries: Vec<core::LedgerEntry>,
+            pools: Vec<core::PoolTotals>,
+        }
+        let pools = vec![core::PoolTotals {
+            pool: "p".into(),
+            reserved: core::IeMs(7),
+            streaming: core::IeMs(1),
+            headroom: core::IeMs(2),
+            leased: core::IeMs(3),
+            idle: core::IeMs(1),
+            supply: core::IeMs(4),
+            violation: core::IeMs(0),
+        }];
+        let old = encode(&Old {
+            entries: vec![],
+            pools: pools.clone(),
+        });
+        let s = LedgerSample::decode(&old).unwrap();
+        assert_eq!((s.pools, s.prices), (pools.clone(), vec![]));
+        let new = LedgerSample {
+            entries: vec![],
+            pools,
+            prices: vec![("p".into(), 5)],
+        };
+        assert_eq!(LedgerSample::decode(&encode(&new)).unwrap(), new);
+    }
 }

@@ -169,10 +169,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let grpc_task = tokio::spawn(
         router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown),
     );
+    tracing::info!(
+        url = %format!("http://{http_addr}/dashboard"),
+        "finance dashboard (finance or admin token)"
+    );
     let http_task = tokio::spawn(crate::http::serve(
         http,
         metrics,
         driver.alive.clone(),
+        crate::dashboard::Dashboard::new(driver.clone(), auth.clone()),
         async move {
             let _ = http_stop_rx.await;
         },

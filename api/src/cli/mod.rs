@@ -1,10 +1,10 @@
 //! The `ebb` command line: `ebb server` and the client commands (`job`,
-//! `capacity`, `price`, `ledger`). Client commands find the server with
+//! `capacity`, `price`, `ledger`, `report`). Client commands find the server with
 //! `--addr`/`EBB_ADDR` and authenticate with `--token`/`EBB_TOKEN`; errors
 //! print the server's message and every offending field, and exit non-zero.
 
 pub mod jobfile;
-mod output;
+pub(crate) mod output;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane (gRPC on 127.0.0.1:7600, metrics on 127.0.0.1:7601).
+    /// Run the control plane (gRPC on 127.0.0.1:7600; metrics and the finance dashboard on 127.0.0.1:7601).
     Server(ServerArgs),
     /// Submit, inspect, watch and cancel jobs.
     Job {
@@ -78,6 +78,59 @@ pub enum Command {
         /// Which report.
         command: DemandCommand,
     },
+    /// Finance reports: reservation utilization, idle cost, savings, chargeback.
+    Report {
+        #[command(flatten)]
+        /// Where the server is.
+        conn: Conn,
+        #[command(subcommand)]
+        /// Which report.
+        command: ReportCommand,
+    },
+}
+
+/// `ebb report ...` (finance or admin token).
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Reserved vs streaming vs batch vs idle IE-hours, utilization %, idle
+    /// cost and savings, per pool, region, family or team.
+    Utilization(ReportArgs),
+    /// Per team: IE-hours, internal charges, what the same capacity costs on
+    /// demand, savings, and work lost to preemption.
+    Chargeback(ReportArgs),
+}
+
+/// `ebb report` flags.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Range start (RFC 3339, e.g. 2026-12-01T00:00:00Z); default: 24 h before the end.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub from: Option<std::time::SystemTime>,
+    /// Range end (RFC 3339); default: now.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub to: Option<std::time::SystemTime>,
+    /// Group rows by (default: pool for utilization, team for chargeback).
+    #[arg(long, value_enum)]
+    pub by: Option<ReportBy>,
+    /// One row per step and group (e.g. 1h); default: one row per group over the range.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub step: Option<Duration>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Report grouping.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportBy {
+    /// One row per pool.
+    Pool,
+    /// One row per region.
+    Region,
+    /// One row per instance family.
+    Family,
+    /// One row per team (batch figures only).
+    Team,
 }
 
 /// `ebb server` flags; each overrides the config file and has an `EBB_*` variable.
@@ -89,7 +142,7 @@ pub struct ServerArgs {
     /// gRPC listen address.
     #[arg(long, env = "EBB_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
-    /// HTTP listen address (/metrics, /healthz).
+    /// HTTP listen address (/metrics, /healthz, the finance /dashboard).
     #[arg(long, env = "EBB_HTTP_LISTEN")]
     pub http_listen: Option<std::net::SocketAddr>,
     /// Data directory of the embedded store.
@@ -497,6 +550,36 @@ pub async fn run_client(command: Command) -> Result<i32, CliError> {
                 .await?
                 .into_inner();
             output::ledger(&r, args.by, args.format);
+            Ok(0)
+        }
+        Command::Report { conn, command } => {
+            let (args, default_by, chargeback) = match command {
+                ReportCommand::Utilization(a) => (a, ReportBy::Pool, false),
+                ReportCommand::Chargeback(a) => (a, ReportBy::Team, true),
+            };
+            let group_by = match args.by.unwrap_or(default_by) {
+                ReportBy::Pool => pb::UtilizationGrouping::Pool,
+                ReportBy::Region => pb::UtilizationGrouping::Region,
+                ReportBy::Family => pb::UtilizationGrouping::Family,
+                ReportBy::Team => pb::UtilizationGrouping::Team,
+            };
+            let mut m = market_client(&conn).await?;
+            let ts = |t: std::time::SystemTime| prost_types::Timestamp::from(t);
+            let r = m
+                .get_utilization(pb::GetUtilizationRequest {
+                    start_time: args.from.map(ts),
+                    end_time: args.to.map(ts),
+                    step_seconds: args.step.map_or(0, |d| d.as_secs().max(1)),
+                    group_by: group_by.into(),
+                })
+                .await?
+                .into_inner();
+            let kind = if chargeback {
+                output::Report::Chargeback
+            } else {
+                output::Report::Utilization
+            };
+            output::report(&r, args.step.is_some(), kind, args.format);
             Ok(0)
         }
     }

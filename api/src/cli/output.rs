@@ -27,6 +27,25 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// Writes rows as CSV with a header line (lowercase headers).
+pub(crate) fn write_csv<W: std::io::Write>(
+    out: W,
+    headers: &[&str],
+    rows: &[Vec<Value>],
+) -> csv::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(headers.iter().map(|h| h.to_lowercase()))?;
+    for r in rows {
+        w.write_record(r.iter().map(|v| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
 /// Prints rows in a format.
 fn emit(headers: &[&str], rows: Vec<Vec<Value>>, format: Format) {
     match format {
@@ -38,16 +57,8 @@ fn emit(headers: &[&str], rows: Vec<Vec<Value>>, format: Format) {
             println!("{}", serde_json::to_string_pretty(&list).expect("json"));
         }
         Format::Csv => {
-            let mut w = csv::Writer::from_writer(std::io::stdout());
-            let _ = w.write_record(headers.iter().map(|h| h.to_lowercase()));
-            for r in rows {
-                let _ = w.write_record(r.iter().map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    other => other.to_string(),
-                }));
-            }
-            let _ = w.flush();
+            // A closed pipe (`| head`) is not worth an error message.
+            let _ = write_csv(std::io::stdout(), headers, &rows);
         }
         Format::Table => {
             let cells: Vec<Vec<String>> =
@@ -432,4 +443,117 @@ pub fn why(r: &pb::ExplainPendingResponse) {
             println!("preemption cannot resolve these");
         }
     }
+}
+
+/// Which finance report.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// Capacity: reserved, streaming, batch, headroom, idle, utilization, idle cost, savings.
+    Utilization,
+    /// Batch: IE-hours, charges, on-demand equivalent, savings, lost work.
+    Chargeback,
+}
+
+fn usd(micros: u64) -> Value {
+    json!(money(micros))
+}
+
+fn signed_usd(micros: i64) -> Value {
+    let sign = if micros < 0 { "-" } else { "" };
+    json!(format!("{sign}{}", money(micros.unsigned_abs())))
+}
+
+/// The headers (with units) and rows of a finance report, shared by the CLI
+/// and the dashboard's CSV downloads so both print the same figures.
+pub(crate) fn report_rows(
+    rows: &[pb::UtilizationRow],
+    kind: Report,
+    with_times: bool,
+) -> (Vec<&'static str>, Vec<Vec<Value>>) {
+    let mut headers: Vec<&'static str> = Vec::new();
+    if with_times {
+        headers.extend(["START", "END"]);
+    }
+    headers.push("GROUP");
+    match kind {
+        Report::Utilization => headers.extend([
+            "RESERVED_IE_HOURS",
+            "STREAMING_IE_HOURS",
+            "BATCH_IE_HOURS",
+            "HEADROOM_IE_HOURS",
+            "IDLE_IE_HOURS",
+            "UTILIZATION_PCT",
+            "IDLE_COST_USD",
+            "SAVINGS_USD",
+            "CLEARING_PRICE_USD_PER_IE_HOUR",
+        ]),
+        Report::Chargeback => headers.extend([
+            "IE_HOURS",
+            "CHARGES_USD",
+            "ON_DEMAND_USD",
+            "SAVINGS_USD",
+            "LOST_IE_HOURS",
+            "PREEMPTIONS",
+            "OVER_BUDGET",
+        ]),
+    }
+    let out = rows
+        .iter()
+        .map(|r| {
+            let mut row = Vec::new();
+            if with_times {
+                row.push(time(&r.start_time));
+                row.push(time(&r.end_time));
+            }
+            row.push(json!(r.group));
+            match kind {
+                Report::Utilization => row.extend([
+                    json!(r.reserved_ie_hours),
+                    json!(r.streaming_ie_hours),
+                    json!(r.leased_ie_hours),
+                    json!(r.headroom_ie_hours),
+                    json!(r.idle_ie_hours),
+                    r.utilization_ppm.map_or(Value::Null, |p| {
+                        json!(format!("{:.2}", p as f64 / 10_000.0))
+                    }),
+                    usd(r.idle_cost_micros),
+                    signed_usd(r.savings_micros),
+                    usd(r.clearing_price_micros),
+                ]),
+                Report::Chargeback => row.extend([
+                    json!(r.allocated_ie_hours),
+                    usd(r.charges_micros),
+                    usd(r.on_demand_micros),
+                    signed_usd(r.savings_micros),
+                    json!(r.lost_ie_hours),
+                    json!(r.n_preemptions),
+                    json!(r.n_over_budget),
+                ]),
+            }
+            row
+        })
+        .collect();
+    (headers, out)
+}
+
+/// `ebb report utilization|chargeback`: the series (one row per step and
+/// group) or the totals over the range.
+pub fn report(r: &pb::GetUtilizationResponse, series: bool, kind: Report, format: Format) {
+    let rows = if series { &r.series } else { &r.totals };
+
+    if format == Format::Table {
+        println!(
+            "from {} to {}",
+            text(&time(&r.start_time)),
+            text(&time(&r.end_time))
+        );
+        if kind == Report::Utilization && r.reserved_rate_source == "on-demand" {
+            println!(
+                "idle cost at the on-demand price ({} USD per IE-hour): no reservation rate is configured ([finance] reserved_usd_per_ie_hour)",
+                money(r.reserved_rate_micros)
+            );
+        }
+    }
+    let (headers, rows) = report_rows(rows, kind, series);
+    emit(&headers, rows, format);
 }

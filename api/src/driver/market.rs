@@ -1,6 +1,8 @@
 //! The driver's market requests: demand, forecasts, failovers, reservations,
 //! and ledger ranges answered from cumulative samples.
 
+use std::collections::BTreeMap;
+
 use ebb_proto::v1 as pb;
 use ebb_scheduler as core;
 
@@ -8,7 +10,8 @@ use super::Driver;
 use crate::auth::Principal;
 use crate::convert;
 use crate::error::ApiError;
-use crate::records::{self, LedgerSample, Record};
+use crate::finance::{self, Grouping, PoolMeta, RateSource};
+use crate::records::{LedgerSample, Record};
 
 impl Driver {
     fn pool_wire(&self, pool: &core::PoolId) -> Result<pb::Pool, ApiError> {
@@ -243,7 +246,7 @@ impl Driver {
             return Err(ApiError::field("start_time", "must not be after end_time"));
         }
         let decode = |(t, bytes): (u64, Vec<u8>)| -> Result<(u64, LedgerSample), ApiError> {
-            let s: LedgerSample = records::decode(&bytes)
+            let s = LedgerSample::decode(&bytes)
                 .map_err(|e| ApiError::Internal(format!("ledger sample at {t}: {e}")))?;
             Ok((t, s))
         };
@@ -251,22 +254,14 @@ impl Driver {
         let empty = LedgerSample {
             entries: Vec::new(),
             pools: Vec::new(),
+            prices: Vec::new(),
         };
         let (end_t, end_s) = match end {
             Some(e) if e < now => match self.store.sample_at_or_before(e).map_err(store_err)? {
                 Some(x) => decode(x)?,
                 None => (e, empty.clone()),
             },
-            _ => {
-                let t = core::Timestamp::from_millis(now);
-                (
-                    now,
-                    LedgerSample {
-                        entries: self.core.ledger(t),
-                        pools: self.core.pool_totals(t),
-                    },
-                )
-            }
+            _ => (now, self.ledger_sample(now)),
         };
         let (start_t, start_s) = match start {
             None => match self.store.first_sample().map_err(store_err)? {
@@ -310,6 +305,147 @@ impl Driver {
             pools: convert::pool_totals_to_wire(&ss, &es),
             start_time: Some(convert::ms_to_wire(st)),
             end_time: Some(convert::ms_to_wire(et)),
+        })
+    }
+
+    /// What the finance figures need per pool: region, family (of its
+    /// reservations' types), and the reserved and on-demand rates per
+    /// IE-hour. The on-demand rate is the catalog reference type's price
+    /// (one IE is one reference instance), which values every family's IE
+    /// alike, as the IE rule does.
+    fn pool_meta(&self) -> (BTreeMap<core::PoolId, PoolMeta>, u64, RateSource) {
+        let catalog = self.core.catalog();
+        let to_micros = |usd: f64| (usd * 1e6).round() as u64;
+        let on_demand = to_micros(catalog.reference().on_demand_usd_per_hour);
+        let (reserved, source) = match self.config.finance.reserved_usd_per_ie_hour {
+            Some(usd) => (to_micros(usd), RateSource::Configured),
+            None => (on_demand, RateSource::OnDemand),
+        };
+        let meta = self
+            .core
+            .pools()
+            .into_iter()
+            .map(|p| {
+                let mut families: Vec<&str> = self
+                    .server
+                    .reservations
+                    .get(&p.pool)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| catalog.get(&r.instance_type).map(|t| t.family()))
+                    .collect();
+                families.sort_unstable();
+                families.dedup();
+                let family = match families.as_slice() {
+                    [] => "-".to_string(),
+                    [one] => one.to_string(),
+                    _ => "mixed".to_string(),
+                };
+                let m = PoolMeta {
+                    region: p.region,
+                    family,
+                    reserved_rate_micros: reserved,
+                    rate_source: source,
+                    on_demand_rate_micros: on_demand,
+                };
+                (p.pool, m)
+            })
+            .collect();
+        (meta, reserved, source)
+    }
+
+    /// The cumulative sample bounding a range at `at`: live at or after
+    /// now; else the latest stored at or before `at`; else (before the
+    /// first sample, e.g. one retention deleted) the earliest stored.
+    fn sample_for(&self, at: u64, now: u64) -> Result<(u64, LedgerSample), ApiError> {
+        if at >= now {
+            return Ok((now, self.ledger_sample(now)));
+        }
+        let store_err = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
+        let found = match self.store.sample_at_or_before(at).map_err(store_err)? {
+            Some(x) => Some(x),
+            None => self.store.first_sample().map_err(store_err)?,
+        };
+        match found {
+            Some((t, bytes)) => {
+                let s = LedgerSample::decode(&bytes)
+                    .map_err(|e| ApiError::Internal(format!("ledger sample at {t}: {e}")))?;
+                Ok((t, s))
+            }
+            None => Ok((now, self.ledger_sample(now))),
+        }
+    }
+
+    pub(super) fn utilization(
+        &mut self,
+        start: Option<u64>,
+        end: Option<u64>,
+        step_ms: u64,
+        by: Grouping,
+    ) -> Result<pb::GetUtilizationResponse, ApiError> {
+        /// A day: the dashboard's default view.
+        const DEFAULT_RANGE_MS: u64 = 24 * 3600 * 1000;
+        /// Caps the work (and reply size) of one request: a week at
+        /// one-minute steps.
+        const MAX_STEPS: u64 = 10_080;
+        let now = self.now();
+        let end = end.unwrap_or(now).min(now);
+        let start = start.unwrap_or(end.saturating_sub(DEFAULT_RANGE_MS));
+        if start > end {
+            return Err(ApiError::field("start_time", "must not be after end_time"));
+        }
+        // With no step asked for, hourly steps (the down-sampled resolution),
+        // coarser for ranges over ~6 weeks: the totals are sums of steps, so
+        // a counter reset (see `finance`) costs at most one step, not the range.
+        let step = if step_ms == 0 {
+            (end - start).div_ceil(1_000).max(3_600_000)
+        } else {
+            step_ms
+        };
+        if (end - start).div_ceil(step) > MAX_STEPS {
+            return Err(ApiError::field(
+                "step_seconds",
+                format!("gives more than {MAX_STEPS} steps over the range; choose a longer step"),
+            ));
+        }
+        let mut bounds: Vec<u64> = (0..)
+            .map(|i| start + i * step)
+            .take_while(|b| *b < end)
+            .collect();
+        bounds.push(end);
+        let mut samples: Vec<(u64, LedgerSample)> = Vec::with_capacity(bounds.len());
+        for b in bounds {
+            let (t, s) = self.sample_for(b, now)?;
+            // Bounds in one gap between samples map to the same sample.
+            if samples.last().is_none_or(|(last, _)| *last < t) {
+                samples.push((t, s));
+            }
+        }
+        let (meta, reserved_rate, source) = self.pool_meta();
+        let series = finance::series(&samples, &meta, by);
+        let totals = finance::totals(&series);
+        let (st, et) = (
+            samples.first().map_or(start, |s| s.0),
+            samples.last().map_or(end, |s| s.0),
+        );
+        Ok(pb::GetUtilizationResponse {
+            series: series
+                .iter()
+                .map(convert::utilization_row_to_wire)
+                .collect(),
+            totals: totals
+                .iter()
+                .map(convert::utilization_row_to_wire)
+                .collect(),
+            start_time: Some(convert::ms_to_wire(st)),
+            end_time: Some(convert::ms_to_wire(et)),
+            reserved_rate_source: match source {
+                RateSource::Configured => "configured",
+                RateSource::OnDemand => "on-demand",
+            }
+            .into(),
+            reserved_rate_micros: reserved_rate,
+            on_demand_rate_micros: meta.values().next().map_or(0, |m| m.on_demand_rate_micros),
         })
     }
 }

@@ -253,6 +253,19 @@ pub enum Request {
         /// Rows.
         reply: Reply<pb::GetLedgerResponse>,
     },
+    /// MarketService.GetUtilization (and the finance dashboard).
+    Utilization {
+        /// Range start (ms), unset: 24 h before the end.
+        start: Option<u64>,
+        /// Range end (ms), unset: now.
+        end: Option<u64>,
+        /// Step (ms), 0: the server picks (hourly, or at most 1,000 steps).
+        step_ms: u64,
+        /// Row grouping.
+        by: crate::finance::Grouping,
+        /// Series and totals.
+        reply: Reply<pb::GetUtilizationResponse>,
+    },
     /// MarketService.GetPoolTotals.
     PoolTotals {
         /// Range start.
@@ -445,6 +458,8 @@ pub(crate) struct Driver {
     last_round: Instant,
     last_housekeeping: Instant,
     last_sample_ms: u64,
+    /// Ledger samples before this (ms) are already down-sampled.
+    thinned_until: u64,
     replaying: bool,
 }
 
@@ -513,6 +528,7 @@ impl Driver {
             last_round: now,
             last_housekeeping: now,
             last_sample_ms: 0,
+            thinned_until: 0,
             replaying: true,
         };
         for (id, bytes) in &loaded.jobs {
@@ -818,6 +834,16 @@ impl Driver {
                 reply,
             } => {
                 let out = self.ledger(&principal, start, end);
+                self.reply(reply, out);
+            }
+            Request::Utilization {
+                start,
+                end,
+                step_ms,
+                by,
+                reply,
+            } => {
+                let out = self.utilization(start, end, step_ms, by);
                 self.reply(reply, out);
             }
             Request::PoolTotals { start, end, reply } => {
@@ -1138,19 +1164,56 @@ impl Driver {
         self.update_gauges();
     }
 
-    fn take_sample(&mut self) {
-        let now = self.now();
+    /// The core's cumulative ledger and pool totals at `now`, with each
+    /// pool's clearing price.
+    pub(crate) fn ledger_sample(&self, now: u64) -> records::LedgerSample {
         let t = core::Timestamp::from_millis(now);
-        let sample = records::LedgerSample {
+        records::LedgerSample {
             entries: self.core.ledger(t),
             pools: self.core.pool_totals(t),
-        };
+            prices: self
+                .core
+                .pools()
+                .into_iter()
+                .map(|p| (p.pool, p.clearing_price.as_micros()))
+                .collect(),
+        }
+    }
+
+    fn take_sample(&mut self) {
+        let now = self.now();
+        let sample = self.ledger_sample(now);
         self.batch.put_samples.push((now, records::encode(&sample)));
         let retention = self.config.store.ledger_retention.as_millis() as u64;
         if now > retention {
             self.batch.delete_samples_before = Some(now - retention);
         }
         self.last_sample_ms = now;
+        self.downsample(now);
+    }
+
+    /// Deletes all but the first sample of each `ledger_downsample_step`
+    /// bucket older than `ledger_downsample_after`, whole buckets only (a
+    /// bucket thinned in two passes would lose its first sample's role).
+    /// Samples are cumulative, so every range stays exact.
+    fn downsample(&mut self, now: u64) {
+        let store = &self.config.store;
+        let step = (store.ledger_downsample_step.as_millis() as u64).max(1);
+        let cutoff = now.saturating_sub(store.ledger_downsample_after.as_millis() as u64);
+        let until = cutoff / step * step;
+        if until <= self.thinned_until {
+            return;
+        }
+        match self.store.sample_times(self.thinned_until, until) {
+            Ok(times) => {
+                self.batch
+                    .delete_samples
+                    .extend(crate::finance::thin(&times, step));
+                self.thinned_until = until;
+            }
+            // A failed read deletes nothing; the next sample retries.
+            Err(e) => tracing::warn!(error = %e, "reading ledger sample times to down-sample"),
+        }
     }
 
     fn forget_finished(&mut self) {
@@ -1408,6 +1471,9 @@ mod tests {
                 m.jobs.remove(&j);
             }
             m.samples.extend(b.put_samples);
+            for at in b.delete_samples {
+                m.samples.remove(&at);
+            }
             Ok(())
         }
         fn write_snapshot(&mut self, through: u64, snapshot: &[u8]) -> Result<(), StoreError> {
@@ -1426,6 +1492,10 @@ mod tests {
         fn first_sample(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
             let m = self.0.lock().unwrap();
             Ok(m.samples.iter().next().map(|(k, v)| (*k, v.clone())))
+        }
+        fn sample_times(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+            let m = self.0.lock().unwrap();
+            Ok(m.samples.range(from..to).map(|(k, _)| *k).collect())
         }
         fn size_bytes(&self) -> u64 {
             0
@@ -1480,6 +1550,50 @@ mod tests {
                 kind: Some(kind),
             },
         );
+    }
+
+    #[test]
+    fn old_ledger_samples_are_thinned_to_one_per_step_in_whole_buckets() {
+        const H: u64 = 3_600_000;
+        let store = MemStore::default();
+        let mut d = Driver::load(
+            &Config::default(),
+            Box::new(store.clone()),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let now = d.now();
+        // Minute samples from 3 h before the 7-day cutoff to 1 h after it.
+        let cutoff = now - 7 * 24 * H;
+        let times: Vec<u64> = (0..240).map(|i| cutoff - 3 * H + i * 60_000).collect();
+        store
+            .0
+            .lock()
+            .unwrap()
+            .samples
+            .extend(times.iter().map(|t| (*t, vec![])));
+        let kept = || -> Vec<u64> { store.0.lock().unwrap().samples.keys().copied().collect() };
+        let expected = |until: u64| -> Vec<u64> {
+            times
+                .iter()
+                .copied()
+                .filter(|t| *t >= until || times.iter().find(|x| *x / H == t / H) == Some(t))
+                .collect()
+        };
+        d.downsample(now);
+        d.flush().unwrap();
+        // Whole hour buckets before the cutoff keep their first sample; the
+        // bucket the cutoff falls in is left whole until it is all older.
+        let until = cutoff / H * H;
+        assert_eq!(kept(), expected(until));
+        assert!(kept().len() < times.len());
+        // Idempotent, then the next hour's bucket follows.
+        d.downsample(now);
+        d.flush().unwrap();
+        assert_eq!(kept(), expected(until));
+        d.downsample(now + H);
+        d.flush().unwrap();
+        assert_eq!(kept(), expected(until + H));
     }
 
     #[test]

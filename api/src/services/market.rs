@@ -220,4 +220,29 @@ impl MarketService for Market {
             .await?;
         Ok(Response::new(out))
     }
+
+    async fn get_utilization(
+        &self,
+        req: Request<pb::GetUtilizationRequest>,
+    ) -> Result<Response<pb::GetUtilizationResponse>, Status> {
+        principal(&req)?.check_finance()?;
+        let req = req.into_inner();
+        let (start, end) = range(req.start_time.as_ref(), req.end_time.as_ref())?;
+        let by = convert::grouping_from_wire(req.group_by)?;
+        let step_ms = req
+            .step_seconds
+            .checked_mul(1000)
+            .ok_or_else(|| ApiError::field("step_seconds", "is too large"))?;
+        let out = self
+            .driver
+            .call(|reply| D::Utilization {
+                start,
+                end,
+                step_ms,
+                by,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
 }

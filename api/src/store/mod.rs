@@ -9,7 +9,8 @@
 //!   writing one deletes the records it covers (compaction);
 //! - **job side data** (container, labels, limits) by job id, put with the
 //!   record that created the job and deleted with the one that forgot it;
-//! - **ledger samples** by time, for range queries.
+//! - **ledger samples** by time, for range queries and finance reports
+//!   (down-sampled by deleting some: they are cumulative).
 //!
 //! Every [`Store::append`] is durable when it returns (fsync); the driver
 //! acknowledges nothing before that.
@@ -52,6 +53,8 @@ pub struct Batch {
     pub put_samples: Vec<(u64, Vec<u8>)>,
     /// Delete ledger samples older than this.
     pub delete_samples_before: Option<u64>,
+    /// Delete these ledger samples (down-sampling).
+    pub delete_samples: Vec<u64>,
 }
 
 impl Batch {
@@ -62,6 +65,7 @@ impl Batch {
             && self.delete_jobs.is_empty()
             && self.put_samples.is_empty()
             && self.delete_samples_before.is_none()
+            && self.delete_samples.is_empty()
     }
 
     /// Bytes of records in the batch.
@@ -83,6 +87,8 @@ pub trait Store: Send + 'static {
     fn sample_at_or_before(&self, at: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
     /// The earliest ledger sample, if any.
     fn first_sample(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// The times of the ledger samples in `from..to` (ms), in order.
+    fn sample_times(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError>;
     /// The size of the store on disk, in bytes (for metrics).
     fn size_bytes(&self) -> u64;
 }

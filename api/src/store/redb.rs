@@ -122,6 +122,9 @@ impl Store for RedbStore {
             if let Some(before) = batch.delete_samples_before {
                 samples.retain_in(..before, |_, _| false).map_err(backend)?;
             }
+            for at in &batch.delete_samples {
+                samples.remove(*at).map_err(backend)?;
+            }
         }
         txn.commit().map_err(backend)
     }
@@ -158,6 +161,16 @@ impl Store for RedbStore {
             .first()
             .map_err(backend)?
             .map(|(k, v)| (k.value(), v.value().to_vec())))
+    }
+
+    fn sample_times(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let samples = txn.open_table(SAMPLES).map_err(backend)?;
+        samples
+            .range(from..to)
+            .map_err(backend)?
+            .map(|entry| entry.map(|(k, _)| k.value()).map_err(backend))
+            .collect()
     }
 
     fn size_bytes(&self) -> u64 {
@@ -212,6 +225,17 @@ mod tests {
         let l = s.load().unwrap();
         assert!(l.jobs.is_empty());
         assert_eq!(s.first_sample().unwrap().unwrap().0, 2000);
+        let mut b = Batch::default();
+        b.put_samples.push((3000, b"s3".to_vec()));
+        b.put_samples.push((4000, b"s4".to_vec()));
+        s.append(b).unwrap();
+        assert_eq!(s.sample_times(2000, 4000).unwrap(), [2000, 3000]);
+        let b = Batch {
+            delete_samples: vec![3000],
+            ..Batch::default()
+        };
+        s.append(b).unwrap();
+        assert_eq!(s.sample_times(0, u64::MAX).unwrap(), [2000, 4000]);
     }
 
     #[test]
