@@ -298,3 +298,55 @@ fn bad_configuration_is_refused_naming_the_field() {
     let bad: Result<SchedulerConfig, _> = toml::from_str("[market]\nfloor_price = -1.0");
     assert!(bad.unwrap_err().to_string().contains("non-negative"));
 }
+
+/// A round big enough that the overlay promotes the hosts' partition (more
+/// than 64 hosts touched, see `model::overlay`), with a gang that touches
+/// them all and then rolls back: the job placed after it must land exactly
+/// where it lands in a round without the gang, and what it cannot place must
+/// be reported with the same reasons (counted through `len_part`).
+#[test]
+fn a_gang_rolled_back_after_promotion_leaves_no_trace_on_later_placements() {
+    let fleet = |s: &mut Scheduler| {
+        for i in 0..200 {
+            let mut h = host(&format!("h{i:03}"), "a", 8, 32);
+            // A quarter of the fleet in a second pool: two pools' partitions.
+            if i % 4 == 3 {
+                h.pool = PoolId::from("pool-b");
+            }
+            s.handle_host_added(t(0), h).unwrap();
+        }
+    };
+    // Two 4-vCPU tasks fit per host: 400 places for a gang of 401.
+    let mut gang = job(1, "enc", Tier::Flex, 401, 4000, 4096);
+    gang.gang = true;
+    gang.priority = 10;
+    // Two of these fit per host too: 400 of 450 are placed.
+    let later = job(2, "enc", Tier::Flex, 450, 3000, 2048);
+
+    let mut with_gang = Scheduler::new(SchedulerConfig::default());
+    fleet(&mut with_gang);
+    with_gang.handle_job_submitted(t(0), gang).unwrap();
+    with_gang.handle_job_submitted(t(0), later.clone()).unwrap();
+    let mut without = Scheduler::new(SchedulerConfig::default());
+    fleet(&mut without);
+    without.handle_job_submitted(t(0), later).unwrap();
+
+    let plan = with_gang.plan_round(t(1)).unwrap();
+    let reference = without.plan_round(t(1)).unwrap();
+    let gang_unplaced = plan.unplaced.iter().find(|u| u.job == JobId(1)).unwrap();
+    assert!(
+        gang_unplaced.reasons.counts.iter().any(|c| c.reason
+            == Reason::GangIncomplete {
+                n_placed: 400,
+                n_needed: 401
+            }),
+        "the gang touched every host before it rolled back: {:?}",
+        gang_unplaced.reasons
+    );
+    assert_eq!(plan.assignments, reference.assignments);
+    assert_eq!(plan.assignments.len(), 400);
+    let later_unplaced = |p: &Plan| p.unplaced.iter().find(|u| u.job == JobId(2)).cloned();
+    let unplaced = later_unplaced(&plan).expect("50 tasks do not fit");
+    assert_eq!(unplaced.n_tasks, 50);
+    assert_eq!(Some(unplaced), later_unplaced(&reference));
+}

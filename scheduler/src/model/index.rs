@@ -6,9 +6,14 @@
 //! or a seeded permutation, see [`crate::TieBreak`]) and unique per host, so
 //! `host_idx` never decides an order; it only names the host.
 //!
-//! A round plans against the committed index plus a small index of the hosts
-//! it touched tentatively ([`crate::model::overlay`]): [`HostIndex::candidates`]
-//! merges both and skips the committed entries of touched hosts.
+//! A round plans against the committed index plus a [`Shadow`]: a small
+//! index of the hosts it touched tentatively ([`crate::model::overlay`]).
+//! [`HostIndex::candidates`] merges both and skips the committed entries of
+//! touched hosts. Skipping costs a step per stale entry the walk passes, so
+//! once a round has touched many hosts of a partition the overlay *promotes*
+//! it: the shadow then holds the whole partition, and the search reads that
+//! partition only from the shadow (see [`Shadow::promoted`]). Either way a
+//! search yields the same hosts in the same order: every live key is unique.
 
 use std::collections::BTreeSet;
 use std::ops::Bound;
@@ -194,48 +199,90 @@ impl HostIndex {
         self.parts.get(part).map_or(0, |p| p.by_cpu.len())
     }
 
+    /// A copy of partition `part` alone: the other partitions are empty.
+    pub(crate) fn part_copy(&self, part: usize) -> HostIndex {
+        let mut copy = HostIndex::default();
+        if let Some(sets) = self.parts.get(part) {
+            copy.parts.resize_with(part + 1, Sets::default);
+            copy.parts[part] = sets.clone();
+            copy.n_hosts = sets.by_cpu.len();
+        }
+        copy
+    }
+
+    /// Moves every entry of `other` into this index. No host may be in
+    /// both. Each set takes the smaller side's entries one by one, so adding
+    /// a few entries to a big copy (or a big copy to a few entries) costs
+    /// O(few × log big), not a rebuild.
+    pub(crate) fn absorb(&mut self, other: HostIndex) {
+        if self.parts.len() < other.parts.len() {
+            self.parts.resize_with(other.parts.len(), Sets::default);
+        }
+        fn absorb_set(into: &mut BTreeSet<Key>, mut from: BTreeSet<Key>) {
+            if into.len() < from.len() {
+                std::mem::swap(into, &mut from);
+            }
+            let n = into.len() + from.len();
+            into.extend(from);
+            assert_eq!(into.len(), n, "a host indexed on both sides");
+        }
+        for (mine, theirs) in self.parts.iter_mut().zip(other.parts) {
+            absorb_set(&mut mine.by_cpu, theirs.by_cpu);
+            absorb_set(&mut mine.by_memory, theirs.by_memory);
+            absorb_set(&mut mine.by_gpu, theirs.by_gpu);
+        }
+        self.n_hosts += other.n_hosts;
+    }
+
     /// Hosts with at least `min_free` free in `dim`, from the partitions
     /// `include` accepts, merged in key order: tightest first (ascending
-    /// free) or loosest first (descending). With `extra`, the entries of
-    /// `self` for which `stale` holds are skipped and `extra`'s entries (the
-    /// same hosts at their tentative free capacity) are merged in.
-    pub(crate) fn candidates<'a>(
+    /// free) or loosest first (descending). With a `shadow`, the committed
+    /// partitions it promoted are read only from its index, the committed
+    /// entries of its touched hosts are skipped elsewhere, and its entries
+    /// (touched hosts at their tentative free capacity) are merged in.
+    pub(crate) fn candidates<'a, P, S>(
         &'a self,
-        extra: Option<&'a HostIndex>,
+        shadow: Option<Shadow<'a, P, S>>,
         dim: IndexDim,
         min_free: u64,
         loosest_first: bool,
         include: impl Fn(usize) -> bool,
-        stale: impl Fn(HostIdx) -> bool + 'a,
-    ) -> impl Iterator<Item = HostIdx> + 'a {
+    ) -> impl Iterator<Item = HostIdx> + 'a
+    where
+        P: Fn(usize) -> bool,
+        S: Fn(HostIdx) -> bool + 'a,
+    {
         let mut heads: Vec<Head<'a>> = Vec::new();
-        for (is_extra, index) in [(false, Some(self)), (true, extra)] {
-            let Some(index) = index else { continue };
-            for p in 0..index.parts.len() {
-                let set = index.parts[p].set(dim);
-                if !include(p) || set.is_empty() {
-                    continue;
-                }
-                let range =
-                    set.range((Bound::Included((min_free, 0, HostIdx(0))), Bound::Unbounded));
-                let it: Box<dyn Iterator<Item = &'a Key> + 'a> = if loosest_first {
-                    Box::new(range.rev())
-                } else {
-                    Box::new(range)
-                };
-                heads.push(Head {
-                    keys: it.peekable(),
-                    is_extra,
-                });
-            }
+        let promoted = |p: usize| shadow.as_ref().is_some_and(|s| (s.promoted)(p));
+        for p in (0..self.parts.len()).filter(|&p| include(p) && !promoted(p)) {
+            heads.extend(Head::new(self, p, dim, min_free, loosest_first, false));
         }
+        let touched = shadow.map(|s| {
+            for p in (0..s.index.parts.len()).filter(|&p| include(p)) {
+                heads.extend(Head::new(s.index, p, dim, min_free, loosest_first, true));
+            }
+            s.touched
+        });
         Merge {
             heads,
             desc: loosest_first,
-            stale,
-            filter: extra.is_some(),
+            touched,
         }
     }
+}
+
+/// What a round's tentative changes do to a search over the committed index
+/// (the overlay builds one, see `View::candidates`).
+pub(crate) struct Shadow<'a, P, S> {
+    /// Touched hosts at their tentative free capacity, in their tentative
+    /// partitions, plus every untouched host of each promoted partition.
+    pub(crate) index: &'a HostIndex,
+    /// True for a committed partition that `index` holds whole: the search
+    /// leaves the committed one out instead of skipping its stale entries
+    /// one by one.
+    pub(crate) promoted: P,
+    /// True for a touched host: its committed entry is stale.
+    pub(crate) touched: S,
 }
 
 struct Head<'a> {
@@ -243,16 +290,46 @@ struct Head<'a> {
     is_extra: bool,
 }
 
-/// Merges key-ordered iterators (ascending, or descending if `desc`). A
-/// linear scan over the heads: there are at most two per pool and index.
-struct Merge<'a, F> {
-    heads: Vec<Head<'a>>,
-    desc: bool,
-    stale: F,
-    filter: bool,
+impl<'a> Head<'a> {
+    /// The keys of `index`'s partition `part` from `min_free` on, in search
+    /// order; `None` if the set is empty.
+    #[inline]
+    fn new(
+        index: &'a HostIndex,
+        part: usize,
+        dim: IndexDim,
+        min_free: u64,
+        loosest_first: bool,
+        is_extra: bool,
+    ) -> Option<Head<'a>> {
+        let set = index.parts[part].set(dim);
+        if set.is_empty() {
+            return None;
+        }
+        let range = set.range((Bound::Included((min_free, 0, HostIdx(0))), Bound::Unbounded));
+        let keys: Box<dyn Iterator<Item = &'a Key> + 'a> = if loosest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        Some(Head {
+            keys: keys.peekable(),
+            is_extra,
+        })
+    }
 }
 
-impl<F: Fn(HostIdx) -> bool> Iterator for Merge<'_, F> {
+/// Merges key-ordered iterators (ascending, or descending if `desc`). A
+/// linear scan over the heads: at most two per partition (committed and
+/// tentative).
+struct Merge<'a, S> {
+    heads: Vec<Head<'a>>,
+    desc: bool,
+    /// With a shadow: true for hosts whose committed entries are stale.
+    touched: Option<S>,
+}
+
+impl<S: Fn(HostIdx) -> bool> Iterator for Merge<'_, S> {
     type Item = HostIdx;
 
     fn next(&mut self) -> Option<HostIdx> {
@@ -273,7 +350,10 @@ impl<F: Fn(HostIdx) -> bool> Iterator for Merge<'_, F> {
             let (i, _) = best?;
             let head = &mut self.heads[i];
             let key = head.keys.next().expect("peeked");
-            if self.filter && !head.is_extra && (self.stale)(key.2) {
+            if !head.is_extra
+                && let Some(touched) = &self.touched
+                && touched(key.2)
+            {
                 continue;
             }
             return Some(key.2);
@@ -289,6 +369,9 @@ mod tests {
         HostIdx(i)
     }
 
+    /// A search without a shadow (the committed index alone).
+    type NoShadow = Shadow<'static, fn(usize) -> bool, fn(HostIdx) -> bool>;
+
     #[test]
     fn partitions_merge_in_key_order_and_can_be_skipped() {
         let mut idx = HostIndex::default();
@@ -299,7 +382,7 @@ mod tests {
         idx.insert(h(2), 2, &free(3000), false, part_of(p1, false));
         idx.insert(h(3), 3, &free(1000), false, HAS_FLEX);
         let walk = |idx: &HostIndex, min, loosest, skip: usize| {
-            idx.candidates(None, IndexDim::Cpu, min, loosest, |p| p != skip, |_| false)
+            idx.candidates(None::<NoShadow>, IndexDim::Cpu, min, loosest, |p| p != skip)
                 .map(|x| x.0)
                 .collect::<Vec<_>>()
         };
@@ -332,18 +415,56 @@ mod tests {
         let mut extra = HostIndex::default();
         extra.insert(h(0), 0, &free(1000), false, HAS_FLEX);
         let walk = |min| {
-            base.candidates(
-                Some(&extra),
-                IndexDim::Cpu,
-                min,
-                false,
-                |_| true,
-                |x| x == h(0),
-            )
-            .map(|x| x.0)
-            .collect::<Vec<_>>()
+            let shadow = Shadow {
+                index: &extra,
+                promoted: |_| false,
+                touched: |x| x == h(0),
+            };
+            base.candidates(Some(shadow), IndexDim::Cpu, min, false, |_| true)
+                .map(|x| x.0)
+                .collect::<Vec<_>>()
         };
         assert_eq!(walk(0), vec![0, 2, 1]);
         assert_eq!(walk(1500), vec![2, 1], "host 0 no longer has 1.5 vCPU free");
+    }
+
+    #[test]
+    fn a_promoted_partition_is_read_only_from_the_shadow() {
+        let free = |cpu| Resources::cpu_mem(cpu, 1024);
+        let mut base = HostIndex::default();
+        base.insert(h(0), 0, &free(4000), false, NO_FLEX);
+        base.insert(h(1), 1, &free(3000), false, NO_FLEX);
+        base.insert(h(2), 2, &free(2000), false, NO_FLEX);
+        base.insert(h(3), 3, &free(2500), false, HAS_FLEX);
+        // Host 0 took 3 vCPU of flex work tentatively; NO_FLEX is promoted:
+        // the shadow holds its untouched hosts, without host 0's old entry.
+        let mut shadow_index = base.part_copy(NO_FLEX);
+        assert_eq!(
+            (shadow_index.len(), shadow_index.len_part(HAS_FLEX)),
+            (3, 0)
+        );
+        shadow_index.remove(h(0), 0, &free(4000), false, NO_FLEX);
+        let mut touched = HostIndex::default();
+        touched.insert(h(0), 0, &free(1000), false, HAS_FLEX);
+        shadow_index.absorb(touched);
+        assert_eq!((shadow_index.len(), shadow_index.len_part(NO_FLEX)), (3, 2));
+        let walk = |min, loosest, promoted: bool, touched: bool| {
+            let shadow = Shadow {
+                index: &shadow_index,
+                promoted: move |p| promoted && p == NO_FLEX,
+                // Host 0's committed entry is left out with its partition,
+                // so it does not even need to be marked touched.
+                touched: move |x| touched && x == h(0),
+            };
+            base.candidates(Some(shadow), IndexDim::Cpu, min, loosest, |_| true)
+                .map(|x| x.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(walk(0, false, true, false), vec![0, 2, 3, 1]);
+        assert_eq!(walk(2200, true, true, true), vec![1, 3]);
+        // Without promotion the committed NO_FLEX is walked too: its entries
+        // of untouched hosts then show up twice. (The overlay never builds
+        // such a shadow; this shows the committed partition really is left out.)
+        assert_eq!(walk(2200, false, false, true), vec![3, 1, 1]);
     }
 }

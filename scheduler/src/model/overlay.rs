@@ -12,10 +12,26 @@
 //!
 //! Commit applies an overlay's placements through [`State::charge`], the one
 //! charge path, host by host (one index update per host, not per task).
+//!
+//! A search merges the committed index with the overlay's and skips the
+//! committed entries of touched hosts one by one, so once a round has
+//! touched k hosts of a partition, a search may walk past k stale entries
+//! before it meets a live one: a round of n placements would cost O(n·k).
+//! So when the stale entries of a committed partition outgrow
+//! [`promotion_threshold`], the overlay *promotes* the partition: it copies
+//! the committed partition into its own index, without the touched hosts'
+//! entries, and from then on searches read that partition only from the
+//! overlay, with nothing to skip. A later first touch of one of its hosts
+//! moves the host's copied entry to its tentative place, like any later
+//! touch. Promotion happens at most once per partition and overlay and is
+//! never rolled back: it changes where a search reads a partition, not what
+//! it reads, and a search yields the same hosts in the same order either way.
+//! Commit never reads the overlay's index (it re-derives every figure
+//! through [`State::charge`]), so promotion is invisible to it.
 
 use std::sync::Arc;
 
-use crate::model::index::{HostIndex, IndexDim};
+use crate::model::index::{HostIndex, IndexDim, Shadow};
 use crate::model::job::Job;
 use crate::model::{Host, State};
 use crate::spec::host::HostState;
@@ -46,16 +62,60 @@ enum Undo {
     Placement,
 }
 
+/// The fewest stale entries a committed partition must have before it is
+/// promoted. Up to 64, skipping them costs a search at most 64 cheap steps
+/// per partition (a key comparison and a hash lookup each: under a
+/// microsecond, small next to the checkers and scorers a search runs
+/// anyway), while a copy would cost the whole partition. It also keeps every
+/// round of Fenzo's shape (200 tasks, about 25 hosts touched) and every
+/// partition of 64 hosts or fewer from ever copying.
+const MIN_PROMOTION_THRESHOLD: usize = 64;
+
+/// Stale entries past which a committed partition of `len` hosts is
+/// promoted: √len, but at least `min` ([`MIN_PROMOTION_THRESHOLD`] outside
+/// tests).
+///
+/// Why √len: before promotion a search may step past one stale entry per
+/// touched host, so by the t-th first touch the searches so far may have
+/// paid up to 1 + 2 + … + t ≈ t²/2 steps; promotion costs about `len`
+/// (copying the partition's two or three sets). Promoting at t = √len pays
+/// for the copy once the skipping could have cost about as much (the rent or
+/// buy rule, never far from the better of the two in hindsight), and keeps
+/// both costs at O(√len) per placement: at most √len stale steps per search,
+/// and a copy only in rounds that touched more than √len of the partition's
+/// hosts. A fixed fraction (len/16, say) would copy less often but let a
+/// search skip up to len/16 entries first: 625 on 10,000 hosts, 62,500 on a
+/// million. (On 10,000 hosts the two measure the same within noise, see
+/// docs/BENCHMARKS.md; √len is the one that stays flat as fleets grow.)
+fn promotion_threshold(len: usize, min: usize) -> usize {
+    len.isqrt().max(min)
+}
+
+/// How the overlay shadows one committed-index partition.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum PartShadow {
+    /// This many touched active hosts have their committed entry here;
+    /// searches skip those entries.
+    Counted(usize),
+    /// The overlay's index holds the whole partition (see the module doc);
+    /// searches leave the committed one out.
+    Promoted,
+}
+
 /// Tentative changes of one round (or one commit's re-validation, or one
 /// compaction what-if).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Overlay {
     hosts: FxMap<HostIdx, HostDelta>,
-    /// Touched active hosts at their tentative free capacity.
+    /// Touched active hosts at their tentative free capacity, in their
+    /// tentative partitions, and the untouched hosts of promoted partitions
+    /// at their committed free capacity.
     index: HostIndex,
-    /// Per committed-index partition: touched active hosts whose committed
-    /// entry there is shadowed by `index`.
-    touched_parts: FxMap<usize, usize>,
+    /// Per committed-index partition (absent: `Counted(0)`).
+    shadows: Vec<PartShadow>,
+    /// The `min` of [`promotion_threshold`]: [`MIN_PROMOTION_THRESHOLD`],
+    /// except in tests that lower it to promote partitions of small fleets.
+    min_promotion: MinPromotion,
     teams: FxMap<TeamIdx, [Resources; 2]>,
     pools: FxMap<PoolIdx, Ie>,
     job_hosts: FxMap<(JobId, HostIdx), u32>,
@@ -73,7 +133,27 @@ pub(crate) struct Overlay {
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Mark(usize);
 
+/// See [`Overlay::min_promotion`].
+#[derive(Copy, Clone, Debug)]
+struct MinPromotion(usize);
+
+impl Default for MinPromotion {
+    fn default() -> Self {
+        MinPromotion(MIN_PROMOTION_THRESHOLD)
+    }
+}
+
 impl Overlay {
+    /// An empty overlay that promotes partitions past `min` stale entries
+    /// (or √len if larger), so tests can cross the threshold on small fleets.
+    #[cfg(test)]
+    pub(crate) fn with_min_promotion(min: usize) -> Self {
+        Overlay {
+            min_promotion: MinPromotion(min),
+            ..Overlay::default()
+        }
+    }
+
     /// Tentative placements, in order.
     pub(crate) fn placements(&self) -> &[(TaskId, HostIdx)] {
         &self.placements
@@ -93,6 +173,20 @@ impl Overlay {
         }
     }
 
+    fn shadow(&self, part: usize) -> PartShadow {
+        self.shadows
+            .get(part)
+            .copied()
+            .unwrap_or(PartShadow::Counted(0))
+    }
+
+    fn shadow_mut(&mut self, part: usize) -> &mut PartShadow {
+        if self.shadows.len() <= part {
+            self.shadows.resize(part + 1, PartShadow::Counted(0));
+        }
+        &mut self.shadows[part]
+    }
+
     /// Replaces a host's tentative figures and re-indexes it.
     fn set_host(&mut self, state: &State, h: HostIdx, new: HostDelta) {
         let host = &state.hosts[h];
@@ -100,20 +194,33 @@ impl Overlay {
         if host.state == HostState::Active {
             let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
             let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
-            match &old {
-                Some(o) => self.index.update(
-                    h,
-                    host.rank,
-                    part(o),
-                    &free(o),
-                    part(&new),
-                    &free(&new),
-                    host.has_gpus(),
-                ),
-                None => {
-                    *self.touched_parts.entry(host.index_part()).or_default() += 1;
-                    self.index
-                        .insert(h, host.rank, &free(&new), host.has_gpus(), part(&new))
+            let (rank, gpus) = (host.rank, host.has_gpus());
+            if let Some(o) = &old {
+                self.index
+                    .update(h, rank, part(o), &free(o), part(&new), &free(&new), gpus);
+            } else {
+                // A first touch: the host's committed entry is in `base_part`.
+                let base_part = host.index_part();
+                match self.shadow(base_part) {
+                    // The overlay holds the host's committed entry: move it.
+                    PartShadow::Promoted => self.index.update(
+                        h,
+                        rank,
+                        base_part,
+                        &host.free(),
+                        part(&new),
+                        &free(&new),
+                        gpus,
+                    ),
+                    // The committed entry stays where it is, now stale.
+                    PartShadow::Counted(n) => {
+                        self.index.insert(h, rank, &free(&new), gpus, part(&new));
+                        *self.shadow_mut(base_part) = PartShadow::Counted(n + 1);
+                        let len = state.index.len_part(base_part);
+                        if n + 1 > promotion_threshold(len, self.min_promotion.0) {
+                            self.promote(state, base_part);
+                        }
+                    }
                 }
             }
         }
@@ -122,29 +229,41 @@ impl Overlay {
         }
     }
 
+    /// Copies committed partition `part` into the overlay's index, without
+    /// the stale entries of touched hosts, and marks it promoted.
+    fn promote(&mut self, state: &State, part: usize) {
+        let mut copy = state.index.part_copy(part);
+        for &h in self.hosts.keys() {
+            let host = &state.hosts[h];
+            if host.state == HostState::Active && host.index_part() == part {
+                copy.remove(h, host.rank, &host.free(), host.has_gpus(), part);
+            }
+        }
+        self.index.absorb(copy);
+        *self.shadow_mut(part) = PartShadow::Promoted;
+    }
+
     fn restore_host(&mut self, state: &State, h: HostIdx, previous: Option<HostDelta>) {
         let host = &state.hosts[h];
         let current = self.hosts.remove(&h).expect("undone host is touched");
         if host.state == HostState::Active {
             let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
             let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
-            self.index.remove(
-                h,
-                host.rank,
-                &free(&current),
-                host.has_gpus(),
-                part(&current),
-            );
-            match &previous {
-                Some(p) => self
-                    .index
-                    .insert(h, host.rank, &free(p), host.has_gpus(), part(p)),
-                None => {
-                    let n = self
-                        .touched_parts
-                        .get_mut(&host.index_part())
-                        .expect("touched host counted");
-                    *n -= 1;
+            let (rank, gpus) = (host.rank, host.has_gpus());
+            let base_part = host.index_part();
+            self.index
+                .remove(h, rank, &free(&current), gpus, part(&current));
+            match (&previous, self.shadow(base_part)) {
+                (Some(p), _) => self.index.insert(h, rank, &free(p), gpus, part(p)),
+                // Untouched again: a promoted partition gets the host's
+                // committed entry back (promotion is not undone, see the
+                // module doc); otherwise that entry is live again.
+                (None, PartShadow::Promoted) => {
+                    self.index.insert(h, rank, &host.free(), gpus, base_part)
+                }
+                (None, PartShadow::Counted(n)) => {
+                    let n = n.checked_sub(1).expect("touched host counted");
+                    *self.shadow_mut(base_part) = PartShadow::Counted(n);
                 }
             }
         }
@@ -502,13 +621,19 @@ impl<'a> View<'a> {
         loosest_first: bool,
         include: impl Fn(usize) -> bool,
     ) -> impl Iterator<Item = HostIdx> + 'a {
-        let touched = &self.overlay.hosts;
-        let extra = (!touched.is_empty()).then_some(&self.overlay.index);
+        let overlay = self.overlay;
+        // Every touched active host has an entry in the overlay's index, and
+        // so does every host of a promoted partition (promotion needs one
+        // touched host at least): an empty index means nothing is touched or
+        // promoted, and the committed index is exact.
+        let shadow = (overlay.index.len() > 0).then_some(Shadow {
+            index: &overlay.index,
+            promoted: |p| overlay.shadow(p) == PartShadow::Promoted,
+            touched: move |h| overlay.hosts.contains_key(&h),
+        });
         self.state
             .index
-            .candidates(extra, dim, min_free, loosest_first, include, move |h| {
-                touched.contains_key(&h)
-            })
+            .candidates(shadow, dim, min_free, loosest_first, include)
     }
 
     /// Number of index partitions, committed or tentative.
@@ -519,7 +644,13 @@ impl<'a> View<'a> {
     /// Active hosts in partition `part`, counting tentative moves between
     /// partitions (a host gaining its first flex task changes partition).
     pub(crate) fn len_part(&self, part: usize) -> usize {
-        let shadowed = self.overlay.touched_parts.get(&part).copied().unwrap_or(0);
-        self.state.index.len_part(part) - shadowed + self.overlay.index.len_part(part)
+        let tentative = self.overlay.index.len_part(part);
+        match self.overlay.shadow(part) {
+            PartShadow::Promoted => tentative,
+            PartShadow::Counted(n) => self.state.index.len_part(part) - n + tentative,
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;
