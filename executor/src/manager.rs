@@ -433,6 +433,19 @@ impl<R: Runtime> RunManager<R> {
             };
             return send(reports, Report::Run(event)).await;
         };
+        if let (Phase::Starting | Phase::Running, Control::Stop { grace, cause }) =
+            (entry.phase, control)
+        {
+            // Durable before the SIGTERM: if this process dies mid-stop, a
+            // restarted one still knows the container ended because the
+            // server stopped it, not by itself (see `StopMarker`).
+            if let Err(err) = StopMarker::write(&self.shared.config, run, cause, grace).await {
+                tracing::warn!(%run, error = %err, "recording the stop intent failed");
+            }
+        }
+        let Some(entry) = self.entries.get_mut(&run) else {
+            return Ok(());
+        };
         match (entry.phase, control) {
             (Phase::Starting | Phase::Running, _) | (Phase::Ended, Control::Discard { .. }) => {
                 if let Some(tx) = &entry.control
@@ -689,8 +702,18 @@ impl<R: Runtime> RunManager<R> {
                     finished_at: info.finished_at,
                 },
             };
+            let mut outcome = outcome;
             if !is_known && state != ObservedState::NeverStarted {
-                self.adopt(run, &info);
+                let stop = StopMarker::read(&shared.config, run).await;
+                self.adopt(run, &info, stop);
+                // An exited container that was being stopped ended because
+                // the server asked: report it stopped, whatever its code.
+                if stop.is_some() && matches!(state, ObservedState::Exited { .. }) {
+                    outcome = self
+                        .entries
+                        .get(&run)
+                        .and_then(|entry| entry.outcome.clone());
+                }
             }
             runs.push(ObservedRun {
                 run,
@@ -719,8 +742,10 @@ impl<R: Runtime> RunManager<R> {
 
     /// Takes over a container this process did not create: watches a running
     /// one (with its runtime limit, from its label and start time), or keeps
-    /// an exited one for the rest of its retention.
-    fn adopt(&mut self, run: RunId, info: &ContainerInfo) {
+    /// an exited one for the rest of its retention. With a recorded `stop`
+    /// (an earlier process died mid-stop), an exited container is classified
+    /// as stopped, and a running one is stopped again with the same cause.
+    fn adopt(&mut self, run: RunId, info: &ContainerInfo, stop: Option<(StopCause, Duration)>) {
         let now = SystemTime::now();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let runtime_limit_ms = info
@@ -740,7 +765,8 @@ impl<R: Runtime> RunManager<R> {
                 exit_code,
                 oom_killed,
             } => {
-                let kind = classify(Intent::Natural, exit_code, oom_killed, false);
+                let intent = stop.map_or(Intent::Natural, |(cause, _)| Intent::Stop(cause));
+                let kind = classify(intent, exit_code, oom_killed, false);
                 (Phase::Ended, kind.clone(), Some(kind))
             }
             _ => (
@@ -791,6 +817,15 @@ impl<R: Runtime> RunManager<R> {
                 Instant::now() + Duration::from_millis(limit_ms).saturating_sub(ran)
             });
             self.tasks.spawn(task.watch(info.id.clone(), deadline));
+            if let Some((cause, grace)) = stop {
+                // The server still waits for this stop; finish it.
+                if let Some(entry) = self.entries.get_mut(&run) {
+                    entry.phase = Phase::Stopping;
+                    if let Some(tx) = &entry.control {
+                        let _ = tx.send(Control::Stop { grace, cause });
+                    }
+                }
+            }
         }
     }
 }
@@ -808,10 +843,65 @@ async fn send(reports: &mpsc::Sender<Report>, report: Report) -> Result<(), Mana
         .map_err(|_| ManagerError::ReportsClosed)
 }
 
+/// Removes a run's files: its scratch directory and its stop marker.
 async fn remove_scratch(config: &ExecutorConfig, run: RunId) -> std::io::Result<()> {
+    StopMarker::remove(config, run).await?;
     match tokio::fs::remove_dir_all(config.scratch_dir(&run.slug())).await {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+/// A stop the server asked for, recorded on disk before the SIGTERM is sent
+/// (`<data_dir>/stops/<run>`: `preempt 30000` or `cancel 30000`, the cause
+/// and the grace in ms). Without it, an executor that dies while stopping a
+/// run would, once restarted, find only an exited container — and a
+/// preempted workload that checkpoints and exits 0 on SIGTERM would be
+/// reported as having *succeeded*, completing a task whose work was not
+/// done. Kept outside the scratch directory, which the container can write.
+struct StopMarker;
+
+impl StopMarker {
+    fn path(config: &ExecutorConfig, run: RunId) -> std::path::PathBuf {
+        config.data_dir.join("stops").join(run.slug())
+    }
+
+    async fn write(
+        config: &ExecutorConfig,
+        run: RunId,
+        cause: StopCause,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        let path = Self::path(config, run);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let cause = match cause {
+            StopCause::Preempt => "preempt",
+            StopCause::Cancel => "cancel",
+        };
+        tokio::fs::write(&path, format!("{cause} {}", grace.as_millis())).await
+    }
+
+    /// The recorded stop, if any (an unreadable marker counts as none).
+    async fn read(config: &ExecutorConfig, run: RunId) -> Option<(StopCause, Duration)> {
+        let text = tokio::fs::read_to_string(Self::path(config, run))
+            .await
+            .ok()?;
+        let (cause, grace) = text.trim().split_once(' ')?;
+        let cause = match cause {
+            "preempt" => StopCause::Preempt,
+            "cancel" => StopCause::Cancel,
+            _ => return None,
+        };
+        Some((cause, Duration::from_millis(grace.parse().ok()?)))
+    }
+
+    async fn remove(config: &ExecutorConfig, run: RunId) -> std::io::Result<()> {
+        match tokio::fs::remove_file(Self::path(config, run)).await {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 }
 

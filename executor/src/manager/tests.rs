@@ -845,3 +845,121 @@ async fn a_discard_during_a_stop_removes_the_container_once_it_stopped() {
     );
     assert!(h.fake.lock().containers.is_empty());
 }
+
+/// An executor that died while stopping runs left stop markers: after the
+/// restart, an exited container is reported *stopped* with the recorded
+/// cause (not succeeded — a preempted workload that checkpoints and exits 0
+/// must be requeued, not completed), and a still-running one is stopped
+/// again with the recorded cause. A run without a marker is unaffected.
+#[tokio::test]
+async fn a_stop_interrupted_by_an_executor_restart_is_finished_and_reported_as_a_stop() {
+    let fake = Arc::new(FakeRuntime::with_image(IMAGE));
+    let labels = |task: u32| {
+        BTreeMap::from([
+            (LABEL_EXECUTOR.to_owned(), "unit".to_owned()),
+            (LABEL_RUN.to_owned(), run(task).to_string()),
+        ])
+    };
+    {
+        let mut state = fake.lock();
+        for (id, task, container_state) in [
+            (
+                "c1",
+                1,
+                ContainerState::Exited {
+                    exit_code: 0,
+                    oom_killed: false,
+                },
+            ),
+            ("c2", 2, ContainerState::Running),
+            (
+                "c3",
+                3,
+                ContainerState::Exited {
+                    exit_code: 0,
+                    oom_killed: false,
+                },
+            ),
+        ] {
+            state.containers.insert(
+                id.into(),
+                FakeContainer {
+                    name: container_name("unit", run(task)),
+                    labels: labels(task),
+                    state: container_state,
+                    started_at: Some(SystemTime::now()),
+                    ignores_sigterm: false,
+                },
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    // What the process that died had recorded before its SIGTERMs.
+    StopMarker::write(&cfg, run(1), StopCause::Preempt, Duration::from_secs(1))
+        .await
+        .unwrap();
+    StopMarker::write(&cfg, run(2), StopCause::Cancel, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let manager = RunManager::new(Arc::clone(&fake), cfg.clone()).unwrap();
+    let (commands, commands_rx) = mpsc::channel(16);
+    let (reports_tx, mut reports) = mpsc::channel(16);
+    tokio::spawn(manager.run(commands_rx, reports_tx));
+    let Some(Report::Inventory(inventory)) = reports.recv().await else {
+        panic!("no inventory first")
+    };
+    let outcome = |task: u32| {
+        inventory
+            .runs
+            .iter()
+            .find(|o| o.run == run(task))
+            .unwrap()
+            .outcome
+            .clone()
+    };
+    assert_eq!(
+        outcome(1),
+        Some(RunEventKind::Stopped {
+            cause: StopCause::Preempt,
+            sigkilled: false,
+            exit_code: Some(0)
+        }),
+        "exited 0 mid-preemption is a stop, not a success"
+    );
+    assert_eq!(outcome(3), None, "no marker: the exit speaks for itself");
+    // The running one is stopped again, and its end reported as the cancel.
+    let mut h = Harness {
+        fake,
+        commands,
+        reports,
+        _dir: dir,
+    };
+    assert_eq!(
+        h.next_event().await.kind,
+        RunEventKind::Stopped {
+            cause: StopCause::Cancel,
+            sigkilled: false,
+            exit_code: Some(0)
+        }
+    );
+    // A stop this process starts is recorded before the SIGTERM.
+    h.launch_running(run(4), spec()).await;
+    h.send(Command::Stop {
+        run: run(4),
+        grace_ms: 2500,
+        cause: StopCause::Preempt,
+    })
+    .await;
+    assert!(matches!(
+        h.next_event().await.kind,
+        RunEventKind::Stopped {
+            cause: StopCause::Preempt,
+            ..
+        }
+    ));
+    assert_eq!(
+        StopMarker::read(&cfg, run(4)).await,
+        Some((StopCause::Preempt, Duration::from_millis(2500)))
+    );
+}
