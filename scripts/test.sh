@@ -5,7 +5,8 @@
 # It installs what the tests need and starts the services they use, then
 # stops them: the executor's integration tests run containers on the local
 # Docker engine from an image this script builds (no registry is needed), and
-# the EC2 tests run the real AWS SDK against a local moto server.
+# the EC2 tests run the real AWS SDK against a local moto server, and the
+# etcd store's tests run against a local etcd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,16 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
+# etcd-client's build script compiles etcd's .proto files with protoc, which
+# needs Google's well-known types (libprotobuf-dev); the etcd store's tests
+# run against Debian's etcd-server.
+if ! command -v protoc >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/descriptor.proto ] ||
+    ! command -v etcd >/dev/null 2>&1; then
+    step "installing protoc, Google's .proto includes and etcd (etcd store)"
+    apt-get install -y protobuf-compiler libprotobuf-dev etcd-server ||
+        { apt-get update && apt-get install -y protobuf-compiler libprotobuf-dev etcd-server; }
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
@@ -31,11 +42,16 @@ step "building the ebb-workload:dev image (executor integration tests)"
 bash scripts/build-workload-image.sh
 
 # The EC2 reservation source is tested with the real SDK against moto
-# (api/tests/ec2.rs). The emulator is stopped by pid however the tests end.
+# (api/tests/ec2.rs), the etcd store against a real etcd. Both are stopped by
+# pid however the tests end (each stop is a no-op if it never started).
+trap 'scripts/etcd.sh stop; scripts/moto.sh stop' EXIT
 step "starting the EC2 emulator (moto 5.2.5, pinned) for the ebb-api tests"
-trap 'scripts/moto.sh stop' EXIT
 moto_env=$(scripts/moto.sh start)   # an assignment, so set -e sees a failed start
 eval "$moto_env"                    # EBB_MOTO_ENDPOINT, EBB_MOTO_PYTHON, EBB_MOTO_LAUNCHER
+
+step "starting etcd on loopback ports (etcd store tests)"
+etcd_env=$(scripts/etcd.sh start)
+eval "$etcd_env"                    # EBB_ETCD_ENDPOINT
 
 # The finance dashboard's browser test (api/tests/dashboard.rs) loads the
 # dashboard in Debian's chromium, headless.
@@ -51,3 +67,9 @@ cargo build --workspace --bins --locked
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+# The API and CLI suites once more with every test server on etcd (the
+# persistence test and a representative part of the API suite run on both
+# stores above already).
+step "cargo test -p ebb-api --test api --test cli, on etcd"
+EBB_TEST_STORE=etcd cargo test -p ebb-api --locked --test api --test cli

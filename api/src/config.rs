@@ -216,6 +216,24 @@ pub struct StoreConfig {
     /// The resolution kept after `ledger_downsample_after`.
     #[serde(deserialize_with = "duration")]
     pub ledger_downsample_step: Duration,
+    /// Which store keeps the state.
+    pub backend: StoreBackend,
+    /// etcd client endpoints (`http://host:2379`), for `backend = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix everything lives under in etcd, so one etcd cluster
+    /// can hold several Ebb installations (or serve other tenants).
+    pub etcd_prefix: String,
+}
+
+/// Where the state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// One redb file in `data_dir`: zero setup, one server.
+    #[default]
+    Embedded,
+    /// etcd (`store.etcd_endpoints`): production.
+    Etcd,
 }
 
 impl Default for StoreConfig {
@@ -233,6 +251,9 @@ impl Default for StoreConfig {
             ledger_retention: Duration::from_secs(400 * 24 * 3600),
             ledger_downsample_after: Duration::from_secs(7 * 24 * 3600),
             ledger_downsample_step: Duration::from_secs(3600),
+            backend: StoreBackend::Embedded,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/ebb/".into(),
         }
     }
 }
@@ -455,6 +476,16 @@ impl Config {
             self.store.ledger_downsample_step >= self.store.ledger_sample_interval,
             "store.ledger_downsample_step must be at least store.ledger_sample_interval"
         );
+        if self.store.backend == StoreBackend::Etcd {
+            anyhow::ensure!(
+                !self.store.etcd_endpoints.is_empty(),
+                "store.etcd_endpoints must name at least one endpoint when store.backend is \"etcd\""
+            );
+            anyhow::ensure!(
+                self.store.etcd_prefix.starts_with('/'),
+                "store.etcd_prefix must start with \"/\" (e.g. \"/ebb/\")"
+            );
+        }
         if let Some(rate) = self.finance.reserved_usd_per_ie_hour {
             anyhow::ensure!(
                 (0.0..1e9).contains(&rate),
@@ -567,6 +598,35 @@ mod tests {
         bad.finance.reserved_usd_per_ie_hour = Some(-1.0);
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("finance.reserved_usd_per_ie_hour"), "{e}");
+    }
+
+    #[test]
+    fn the_store_backend_is_embedded_or_etcd_with_endpoints() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Embedded);
+        let c = Config::from_toml(
+            "[store]\nbackend = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\netcd_prefix = \"/ebb-prod/\"",
+        )
+        .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Etcd);
+        assert_eq!(c.store.etcd_endpoints, ["http://127.0.0.1:2379"]);
+        c.validate().unwrap();
+        let e = Config::from_toml("[store]\nbackend = \"etcd\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.etcd_endpoints"), "{e}");
+        let e = Config::from_toml(
+            "[store]\nbackend = \"etcd\"\netcd_endpoints = [\"x\"]\netcd_prefix = \"ebb\"",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.etcd_prefix"), "{e}");
+        assert!(Config::from_toml("[store]\nbackend = \"zookeeper\"").is_err());
+        assert!(Config::from_toml("[store]\netcd_endpoint = \"x\"").is_err());
     }
 
     #[test]

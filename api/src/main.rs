@@ -60,6 +60,15 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
+    if let Some(b) = args.store {
+        config.store.backend = b;
+    }
+    if let Some(e) = args.etcd_endpoints {
+        config.store.etcd_endpoints = e;
+    }
+    if let Some(p) = args.etcd_prefix {
+        config.store.etcd_prefix = p;
+    }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsConfig { cert, key });
     }

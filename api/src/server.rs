@@ -18,12 +18,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::driver::{self, DriverHandle};
 use crate::metrics::Metrics;
 use crate::services::executor::Executors;
 use crate::services::jobs::Jobs;
 use crate::services::market::Market;
+use crate::store::Store;
+use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::redb::RedbStore;
 
 /// Concurrent streams per HTTP/2 connection: a load executor fleet (or a
@@ -74,12 +76,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     config.validate()?;
     // Before the driver: the source's pools join the market setup.
     let capacity = crate::capacity::feed::open(&mut config).await?;
-    let store = RedbStore::open(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
     let (driver, thread) = driver::start(
         &config,
-        Box::new(store),
+        store,
         metrics.clone(),
         tokio::runtime::Handle::current(),
     )?;
@@ -220,13 +221,36 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         grpc_result.context("gRPC server")?;
         driver_result
     });
-    tracing::info!(%grpc_addr, %http_addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "ebb server listening");
+    tracing::info!(%grpc_addr, %http_addr, tls = config.tls.is_some(), store = ?config.store.backend, data_dir = %config.data_dir.display(), "ebb server listening");
     Ok(Running {
         grpc_addr,
         http_addr,
         driver,
         trigger: Some(trigger),
         done,
+    })
+}
+
+/// Opens the configured store (`store.backend`).
+fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store>> {
+    Ok(match config.store.backend {
+        StoreBackend::Embedded => Box::new(
+            RedbStore::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        StoreBackend::Etcd => Box::new(
+            EtcdStore::open(EtcdOptions::new(
+                config.store.etcd_endpoints.clone(),
+                config.store.etcd_prefix.clone(),
+            ))
+            .with_context(|| {
+                format!(
+                    "opening the etcd store at {} under {}",
+                    config.store.etcd_endpoints.join(","),
+                    config.store.etcd_prefix
+                )
+            })?,
+        ),
     })
 }
 

@@ -18,7 +18,17 @@ fn d(ms: u64) -> Option<prost_types::Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_rpc_works_end_to_end() {
-    let s = TestServer::start(|_| {}).await;
+    every_job_rpc_works_end_to_end_on(TestStore::from_env()).await;
+}
+
+/// The same, on etcd whatever `EBB_TEST_STORE` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_rpc_works_end_to_end_on_etcd() {
+    every_job_rpc_works_end_to_end_on(TestStore::Etcd).await;
+}
+
+async fn every_job_rpc_works_end_to_end_on(store: TestStore) {
+    let s = TestServer::start_on(store, |_| {}).await;
     let mut jobs = s.jobs(None).await;
     let exec = s.executor(None, host("h1", 8000, 16384)).await;
 
@@ -227,7 +237,17 @@ async fn explain_pending_counts_reasons_over_hosts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_market_rpc_works_end_to_end() {
-    let s = TestServer::start(|_| {}).await;
+    every_market_rpc_works_end_to_end_on(TestStore::from_env()).await;
+}
+
+/// The same, on etcd whatever `EBB_TEST_STORE` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_market_rpc_works_end_to_end_on_etcd() {
+    every_market_rpc_works_end_to_end_on(TestStore::Etcd).await;
+}
+
+async fn every_market_rpc_works_end_to_end_on(store: TestStore) {
+    let s = TestServer::start_on(store, |_| {}).await;
     let mut m = s.market(None).await;
     let pools = m
         .list_pools(pb::ListPoolsRequest {})
@@ -402,7 +422,17 @@ async fn every_market_rpc_works_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_ranges_are_differences_of_samples() {
-    let s = TestServer::start(|c| {
+    ledger_ranges_are_differences_of_samples_on(TestStore::from_env()).await;
+}
+
+/// The same, on etcd whatever `EBB_TEST_STORE` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_ranges_are_differences_of_samples_on_etcd() {
+    ledger_ranges_are_differences_of_samples_on(TestStore::Etcd).await;
+}
+
+async fn ledger_ranges_are_differences_of_samples_on(store: TestStore) {
+    let s = TestServer::start_on(store, |c| {
         c.store.ledger_sample_interval = Duration::from_millis(200);
     })
     .await;
@@ -1030,7 +1060,17 @@ async fn every_validation_rule_names_its_field_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_is_idempotent_by_request_id() {
-    let s = TestServer::start(|_| {}).await;
+    create_is_idempotent_by_request_id_on(TestStore::from_env()).await;
+}
+
+/// The same, on etcd whatever `EBB_TEST_STORE` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_is_idempotent_by_request_id_on_etcd() {
+    create_is_idempotent_by_request_id_on(TestStore::Etcd).await;
+}
+
+async fn create_is_idempotent_by_request_id_on(store: TestStore) {
+    let s = TestServer::start_on(store, |_| {}).await;
     let mut jobs = s.jobs(None).await;
     let mut req = job("encoding", 5);
     req.request_id = "season-42-attempt-1".into();
@@ -1188,7 +1228,17 @@ async fn listings_paginate_with_stable_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_after_a_dropped_stream_without_gaps() {
-    let s = TestServer::start(|_| {}).await;
+    a_watch_resumes_after_a_dropped_stream_without_gaps_on(TestStore::from_env()).await;
+}
+
+/// The same, on etcd whatever `EBB_TEST_STORE` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_after_a_dropped_stream_without_gaps_on_etcd() {
+    a_watch_resumes_after_a_dropped_stream_without_gaps_on(TestStore::Etcd).await;
+}
+
+async fn a_watch_resumes_after_a_dropped_stream_without_gaps_on(store: TestStore) {
+    let s = TestServer::start_on(store, |_| {}).await;
     let mut jobs = s.jobs(None).await;
     let exec = s.executor(None, host("h1", 8000, 16384)).await;
     let id = jobs
@@ -1670,8 +1720,20 @@ async fn tls_serves_clients_that_trust_the_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_are_forgotten_after_retention_and_compacted_out() {
-    let s =
-        TestServer::start(|c| c.store.finished_job_retention = Duration::from_millis(300)).await;
+    finished_jobs_are_forgotten_after_retention_and_compacted_out_on(TestStore::from_env()).await;
+}
+
+/// The same, on etcd whatever `EBB_TEST_STORE` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_forgotten_after_retention_and_compacted_out_on_etcd() {
+    finished_jobs_are_forgotten_after_retention_and_compacted_out_on(TestStore::Etcd).await;
+}
+
+async fn finished_jobs_are_forgotten_after_retention_and_compacted_out_on(store: TestStore) {
+    let s = TestServer::start_on(store, |c| {
+        c.store.finished_job_retention = Duration::from_millis(300)
+    })
+    .await;
     let mut jobs = s.jobs(None).await;
     let done = jobs
         .create_job(job("a", 2))
@@ -1702,14 +1764,10 @@ async fn finished_jobs_are_forgotten_after_retention_and_compacted_out() {
     jobs.get_job(pb::GetJobRequest { job_id: kept })
         .await
         .unwrap();
-    let data = s.dir.path().join("data");
-    let dir = s.dir.path().to_owned();
-    let _keep = dir;
-    let TestServer { running, dir, .. } = s;
-    running.unwrap().shutdown().await.unwrap();
-    // On disk: the side data is gone and the snapshot knows only the live job.
-    use ebb_api::store::Store;
-    let store = ebb_api::store::redb::RedbStore::open(&data).unwrap();
+    let mut s = s;
+    s.running.take().unwrap().shutdown().await.unwrap();
+    // In the store: the side data is gone and the snapshot knows only the live job.
+    let store = s.open_store();
     let loaded = store.load().unwrap();
     assert_eq!(
         loaded.jobs.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -1720,7 +1778,6 @@ async fn finished_jobs_are_forgotten_after_retention_and_compacted_out() {
     let core = ebb_scheduler::Scheduler::restore(file.core).unwrap();
     assert_eq!(core.job_ids(), vec![ebb_scheduler::JobId(kept)]);
     assert!(loaded.records.is_empty(), "the snapshot compacted the log");
-    drop(dir);
 }
 
 /// `[capacity] static_file`: the file's pools replace the demo pool, its

@@ -1,6 +1,6 @@
 //! Persistence: the real `ebb` binary as a separate process, killed with
 //! SIGKILL while jobs arrive and rounds run, then restarted on the same data
-//! directory. Every acknowledged job must be there, the runs the fake
+//! directory (or etcd key prefix). Every acknowledged job must be there, the runs the fake
 //! executors hold must be adopted, and — from the executors' own books —
 //! nothing may be launched twice.
 
@@ -106,6 +106,27 @@ fn respond(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_round_loses_nothing_acknowledged_and_launches_nothing_twice() {
+    sigkill_mid_round(TestStore::Embedded).await;
+}
+
+/// The same on etcd: the restarted server reads back, from etcd, every
+/// batch the killed one had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_round_on_etcd_loses_nothing_acknowledged_and_launches_nothing_twice() {
+    sigkill_mid_round(TestStore::Etcd).await;
+}
+
+async fn sigkill_mid_round(store: TestStore) {
+    // Both runs of the server use the same store: the data directory, or
+    // one etcd key prefix.
+    let store_keys = match store {
+        TestStore::Embedded => String::new(),
+        TestStore::Etcd => format!(
+            "backend = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_prefix = \"{}\"\n",
+            etcd_endpoint(),
+            unique_etcd_prefix("sigkill")
+        ),
+    };
     let dir = tempfile::tempdir().unwrap();
     let (grpc, http) = (free_port(), free_port());
     let config = dir.path().join("ebb.toml");
@@ -128,7 +149,7 @@ interval = "5ms"
 [store]
 # Small, so the restart replays a snapshot and a log after it.
 snapshot_every_records = 40
-"#,
+{store_keys}"#,
             dir.path().join("data").display()
         ),
     )

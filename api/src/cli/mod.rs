@@ -148,6 +148,16 @@ pub struct ServerArgs {
     /// Data directory of the embedded store.
     #[arg(long, env = "EBB_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the state lives: `embedded` (a file in the data directory) or
+    /// `etcd` (needs --etcd-endpoints or `store.etcd_endpoints`).
+    #[arg(long = "store", env = "EBB_STORE", value_enum)]
+    pub store: Option<crate::config::StoreBackend>,
+    /// etcd client endpoints, comma-separated (`http://10.0.0.1:2379,...`).
+    #[arg(long, env = "EBB_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The key prefix in etcd (default `/ebb/`).
+    #[arg(long, env = "EBB_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
     /// TLS certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "EBB_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -14,7 +14,11 @@
 //!
 //! Every [`Store::append`] is durable when it returns (fsync); the driver
 //! acknowledges nothing before that.
+//!
+//! Two implementations: [`redb::RedbStore`], one embedded file (the
+//! zero-setup default), and [`etcd::EtcdStore`], for production.
 
+pub mod etcd;
 pub mod redb;
 
 /// A store failure. The driver treats any as fatal: its core is then ahead

@@ -1,5 +1,5 @@
 //! Test harness: a real server on a loopback port with a temporary data
-//! directory, tonic clients with tokens, and a fake executor that speaks the
+//! directory (or a fresh key prefix in the test etcd), tonic clients with tokens, and a fake executor that speaks the
 //! real executor protocol (it runs no containers) and keeps its own book of
 //! what it was told to run.
 
@@ -11,8 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ebb_api::config::Config;
+use ebb_api::config::{Config, StoreBackend};
 use ebb_api::server::Running;
+use ebb_api::store::Store;
+use ebb_api::store::etcd::{EtcdOptions, EtcdStore};
+use ebb_api::store::redb::RedbStore;
 use ebb_proto::v1 as pb;
 use ebb_proto::v1::executor_service_client::ExecutorServiceClient;
 use ebb_proto::v1::job_service_client::JobServiceClient;
@@ -27,15 +30,76 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+/// Which store a test server keeps its state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestStore {
+    /// The embedded redb file in the test's temporary directory.
+    Embedded,
+    /// The test etcd (`EBB_ETCD_ENDPOINT`), under a key prefix of its own.
+    Etcd,
+}
+
+impl TestStore {
+    /// `EBB_TEST_STORE`: `embedded` (the default) or `etcd`. scripts/test.sh
+    /// runs the API suite a second time with `etcd`, so every API test runs
+    /// against both stores.
+    pub fn from_env() -> TestStore {
+        match std::env::var("EBB_TEST_STORE").as_deref() {
+            Err(_) | Ok("") | Ok("embedded") => TestStore::Embedded,
+            Ok("etcd") => TestStore::Etcd,
+            Ok(other) => panic!("EBB_TEST_STORE={other}: expected `embedded` or `etcd`"),
+        }
+    }
+}
+
+/// The test etcd's client endpoint; panics (never skips) when it is not set.
+pub fn etcd_endpoint() -> String {
+    std::env::var("EBB_ETCD_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "EBB_ETCD_ENDPOINT is not set: the etcd store tests need a real etcd. \
+             Run `eval \"$(scripts/etcd.sh start)\"` first (scripts/test.sh does)."
+        )
+    })
+}
+
+/// A key prefix no other test (or earlier run) uses, so tests share one etcd.
+pub fn unique_etcd_prefix(what: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "/ebb-test/{what}-{}-{nanos}-{}/",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Points `config` at the test etcd under a fresh prefix.
+pub fn use_etcd(config: &mut Config) {
+    config.store.backend = StoreBackend::Etcd;
+    config.store.etcd_endpoints = vec![etcd_endpoint()];
+    config.store.etcd_prefix = unique_etcd_prefix("server");
+}
+
 pub struct TestServer {
     pub running: Option<Running>,
     pub dir: tempfile::TempDir,
     pub addr: String,
+    /// The server's configuration (to reopen its store after a shutdown).
+    pub config: Config,
 }
 
 impl TestServer {
-    /// A dev-mode server unless `edit` configures tokens.
+    /// A dev-mode server unless `edit` configures tokens, on the store
+    /// `EBB_TEST_STORE` names.
     pub async fn start(edit: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_on(TestStore::from_env(), edit).await
+    }
+
+    /// A dev-mode server on `store`.
+    pub async fn start_on(store: TestStore, edit: impl FnOnce(&mut Config)) -> TestServer {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("EBB_TEST_LOG"))
             .with_test_writer()
@@ -48,13 +112,31 @@ impl TestServer {
             ..Config::default()
         };
         config.rounds.interval = Duration::from_millis(10);
+        if store == TestStore::Etcd {
+            use_etcd(&mut config);
+        }
         edit(&mut config);
-        let running = ebb_api::server::start(config).await.unwrap();
+        let running = ebb_api::server::start(config.clone()).await.unwrap();
         let addr = format!("http://{}", running.grpc_addr);
         TestServer {
             running: Some(running),
             dir,
             addr,
+            config,
+        }
+    }
+
+    /// Opens the store the server used (after it has shut down).
+    pub fn open_store(&self) -> Box<dyn Store> {
+        match self.config.store.backend {
+            StoreBackend::Embedded => Box::new(RedbStore::open(&self.config.data_dir).unwrap()),
+            StoreBackend::Etcd => Box::new(
+                EtcdStore::open(EtcdOptions::new(
+                    self.config.store.etcd_endpoints.clone(),
+                    self.config.store.etcd_prefix.clone(),
+                ))
+                .unwrap(),
+            ),
         }
     }
 
