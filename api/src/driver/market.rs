@@ -14,7 +14,7 @@ use crate::finance::{self, Grouping, PoolMeta, RateSource};
 use crate::records::{LedgerSample, Record};
 
 impl Driver {
-    fn pool_wire(&self, pool: &core::PoolId) -> Result<pb::Pool, ApiError> {
+    pub(super) fn pool_wire(&self, pool: &core::PoolId) -> Result<pb::Pool, ApiError> {
         self.core
             .pool(pool)
             .map(|p| convert::pool_to_wire(&p))
@@ -134,24 +134,6 @@ impl Driver {
             .enumerate()
             .map(|(i, r)| convert::reservation_from_wire(r, &format!("reservations[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let now = self.now();
-        self.input(
-            Record::Reservations {
-                now,
-                pool: pool.clone(),
-                reservations,
-            },
-            "",
-        )?;
-        self.pool_wire(&pool)
-    }
-
-    pub(super) fn external_reservations(
-        &mut self,
-        pool: core::PoolId,
-        reservations: Vec<core::Reservation>,
-    ) -> Result<pb::Pool, ApiError> {
-        self.configured(&pool)?;
         let now = self.now();
         self.input(
             Record::Reservations {

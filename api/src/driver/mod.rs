@@ -233,15 +233,6 @@ pub enum Request {
         /// How many inputs were applied.
         reply: Reply<usize>,
     },
-    /// Reservations from the attached external source.
-    ExternalReservations {
-        /// Pool.
-        pool: core::PoolId,
-        /// Its reservations.
-        reservations: Vec<core::Reservation>,
-        /// The pool after.
-        reply: Reply<pb::Pool>,
-    },
     /// MarketService.GetLedger.
     Ledger {
         /// Caller (a team sees its own rows).
@@ -817,14 +808,6 @@ impl Driver {
                 reply,
             } => {
                 let out = self.capacity_snapshot(&snapshot, streaming);
-                self.reply(reply, out);
-            }
-            Request::ExternalReservations {
-                pool,
-                reservations,
-                reply,
-            } => {
-                let out = self.external_reservations(pool, reservations);
                 self.reply(reply, out);
             }
             Request::Ledger {
@@ -1622,14 +1605,21 @@ mod tests {
         d.reservation_source = Some("ec2".into());
         let e = d.set_reservations(set(3)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-        let p = d
-            .external_reservations(
-                core::PoolId::from("demo"),
-                vec![core::Reservation::new("m5.16xlarge", 5)],
-            )
-            .unwrap();
+        // The source's snapshot is what changes them now.
+        let snapshot = crate::capacity::StaticFile::from_toml(
+            "[[pool]]\nid = \"demo\"\nregion = \"local\"\n\n[[reservation]]\nid = \"r1\"\n\
+             instance_type = \"m5.16xlarge\"\ncount = 5\nregion = \"local\"\n",
+            core::Catalog::builtin(),
+        )
+        .unwrap()
+        .snapshot_at(core::Timestamp::from_millis(d.now()))
+        .unwrap();
+        assert_eq!(d.capacity_snapshot(&snapshot, true).unwrap(), 1);
+        let p = d.pool_wire(&core::PoolId::from("demo")).unwrap();
         assert_eq!(p.reserved_micro_ie, 5_000_000);
         assert_eq!(d.reservations().source, "ec2");
+        // The same snapshot again changes nothing and logs nothing.
+        assert_eq!(d.capacity_snapshot(&snapshot, true).unwrap(), 0);
     }
 
     #[test]
