@@ -26,6 +26,11 @@
 //! (by dominant share, then the sum of shares: first-fit-decreasing's order),
 //! and, for families with repeated shapes, *arrays* (one job per distinct
 //! shape, in order of first appearance, as an encoding season submits them).
+//! Policies include the default and dot product each with round repacking
+//! (`TierPolicy::repack`, the default) and without it, so one run shows what
+//! repacking buys. The last column is the mean time in `plan_round` per
+//! case: the machine's wall time, the only figure here that is not a count.
+//!
 //! Reference rows that are not Ebb, first fit and first-fit-decreasing (by
 //! dominant share and by sum of shares) over the hosts in index order, show
 //! what the textbook heuristics reach.
@@ -346,10 +351,24 @@ fn policies() -> Vec<(&'static str, TierPolicy)> {
     vec![
         ("default", TierPolicy::default()),
         (
+            "default without repack",
+            TierPolicy {
+                repack: false,
+                ..TierPolicy::default()
+            },
+        ),
+        (
             "cpu_mem_bin_pack",
             TierPolicy::single(ScorerKind::CpuMemBinPack),
         ),
         ("dot_product", TierPolicy::single(ScorerKind::DotProduct)),
+        (
+            "dot_product without repack",
+            TierPolicy {
+                repack: false,
+                ..TierPolicy::single(ScorerKind::DotProduct)
+            },
+        ),
         ("l2_best_fit", TierPolicy::single(ScorerKind::L2BestFit)),
         (
             "first feasible (max 1)",
@@ -399,7 +418,14 @@ fn job_spec(id: u64, request: Resources, n_tasks: u32) -> JobSpec {
 
 /// Places one case with one policy and order; returns the hosts used.
 /// Errors if a task stays unplaced or the placement breaks a capacity.
-fn pack(case: &Case, host: &Request, policy: &TierPolicy, order: Order) -> Result<u64, String> {
+/// Also adds the time spent in `plan_round` to `plan_secs`.
+fn pack(
+    case: &Case,
+    host: &Request,
+    policy: &TierPolicy,
+    order: Order,
+    plan_secs: &mut f64,
+) -> Result<u64, String> {
     let reference = case.optimum.unwrap_or(case.hosts_found);
     let n_hosts = (reference as f64 * FLEET_OVER_OPTIMUM).ceil() as u32;
     let capacity = host.resources();
@@ -428,7 +454,9 @@ fn pack(case: &Case, host: &Request, policy: &TierPolicy, order: Order) -> Resul
     for round in 1..=MAX_ROUNDS {
         let now = Timestamp::from_millis(round);
         s.handle_tick(now).map_err(|e| e.to_string())?;
+        let start = std::time::Instant::now();
         let plan = s.plan_round(now).map_err(|e| e.to_string())?;
+        *plan_secs += start.elapsed().as_secs_f64();
         let report = s.commit(now, plan).map_err(|e| e.to_string())?;
         while let Some(action) = s.poll_action() {
             if let Action::Launch { run, host, request } = action {
@@ -579,6 +607,8 @@ struct Row {
     worst: Option<(f64, u64)>,
     n_at_optimum: usize,
     hosts_over: u64,
+    /// Time in `plan_round` over the row's cases (the machine's, not a count).
+    plan_secs: f64,
 }
 
 impl Row {
@@ -629,9 +659,9 @@ fn run(check: bool) -> Result<bool, String> {
     let policies = policies();
     print_legend(&families, &policies);
     println!(
-        "| family | order | policy | cases | at optimum | hosts over optimum | mean used/opt | worst used/opt (seed) |"
+        "| family | order | policy | cases | at optimum | hosts over optimum | mean used/opt | worst used/opt (seed) | plan ms per case |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     let mut default_rows = Vec::new();
     let mut details = Vec::new();
     for f in &families {
@@ -653,8 +683,8 @@ fn print_legend(families: &[Family], policies: &[(&str, TierPolicy)]) {
     );
     for (name, p) in policies {
         println!(
-            "- `{name}`: scorers {:?}, {:?}, good_enough {}, max_hosts_scored {:?}",
-            p.scorers, p.search_order, p.good_enough, p.max_hosts_scored
+            "- `{name}`: scorers {:?}, {:?}, good_enough {}, max_hosts_scored {:?}, repack {}",
+            p.scorers, p.search_order, p.good_enough, p.max_hosts_scored, p.repack
         );
     }
     println!();
@@ -717,7 +747,7 @@ fn measure(
         for (p_idx, (name, policy)) in policies.iter().enumerate() {
             let mut row = Row::default();
             for (case, detail) in proven.iter().zip(&mut details) {
-                let used = pack(case, &f.host, policy, order).map_err(|e| {
+                let used = pack(case, &f.host, policy, order, &mut row.plan_secs).map_err(|e| {
                     let (family, seed, order) = (&f.family, case.seed, order.name());
                     format!("{family} seed {seed}, {name}, {order}: {e}")
                 })?;
@@ -808,10 +838,15 @@ fn print_goals(default_rows: &[(String, Order, Row)]) -> bool {
 fn print_row(family: &str, order: &str, policy: &str, row: &Row) {
     let (worst, seed) = row.worst();
     println!(
-        "| {family} | {order} | {policy} | {} | {} | {} | {:.3} | {worst:.3} ({seed}) |",
+        "| {family} | {order} | {policy} | {} | {} | {} | {:.3} | {worst:.3} ({seed}) | {} |",
         row.ratios.len(),
         row.n_at_optimum,
         row.hosts_over,
         row.mean(),
+        if row.plan_secs > 0.0 {
+            format!("{:.2}", row.plan_secs * 1e3 / row.ratios.len() as f64)
+        } else {
+            "-".into() // a reference heuristic, not the scheduler
+        },
     );
 }

@@ -177,14 +177,16 @@ fn arb_policy() -> impl Strategy<Value = TierPolicy> {
         prop::option::of(prop::sample::select(ScorerKind::ALL.to_vec())),
         prop::sample::select(vec![0.5, 0.95, 1.0]),
         prop::option::of(1u32..=4),
+        prop::bool::ANY,
     )
-        .prop_map(|(a, b, good_enough, max_hosts_scored)| {
+        .prop_map(|(a, b, good_enough, max_hosts_scored, repack)| {
             let mut policy = TierPolicy::single(a);
             if let Some(b) = b {
                 policy.scorers.push((b, 0.5));
             }
             policy.good_enough = good_enough;
             policy.max_hosts_scored = max_hosts_scored;
+            policy.repack = repack;
             policy
         })
 }

@@ -6,6 +6,7 @@ pub(crate) mod check;
 pub(crate) mod compact;
 pub(crate) mod preempt;
 pub(crate) mod pricing;
+pub(crate) mod repack;
 pub(crate) mod score;
 pub(crate) mod search;
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //!                                     their hosts take no new flex work
 //!   2. placement, critical tier first  teams in weighted-DRF order, one task
 //!      (model::queue, policy::search)  per pick, jobs by bid/priority/age;
-//!                                     gangs all or none
+//!                                     gangs all or none; then the tier's own
+//!      (policy::repack)               placements repacked onto fewer hosts
+//!                                     if every checker accepts the moves
 //!   3. room for critical tasks         flex victims for critical work that
 //!      (policy::preempt)               only lacks room (gangs: all or none)
 //!   4. clearing prices (policy::pricing)
@@ -25,19 +27,22 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::overlay::{Overlay, View};
+use crate::model::overlay::{Mark, Overlay, View};
 use crate::model::queue::{JobRank, TeamOrder, TeamRank};
 use crate::model::{ShapeKey, State};
 use crate::policy::preempt::{
     PreemptCause, Preemption, RoomRequest, RoundVictims, plan_reclaim, plan_room,
 };
 use crate::policy::pricing::clearing_prices;
+use crate::policy::repack::{Load, N_DIMS, RepackHost, repack};
 use crate::policy::search::{Pipeline, SearchOutcome};
+use crate::spec::config::SearchOrder;
 use crate::spec::job::Tier;
 use crate::spec::reason::{PendingReasons, Reason};
 use crate::units::ids::{HostId, HostIdx, JobId, PoolId, PoolIdx, RunId, TaskId, TeamIdx};
 use crate::units::ie::Ie;
 use crate::units::price::Price;
+use crate::units::resources::Resources;
 use crate::units::time::Timestamp;
 use crate::util::{FxMap, FxSet};
 
@@ -195,6 +200,13 @@ pub(crate) struct Planner<'a> {
     /// When each leased host's lease is expected to end, by the forecast
     /// (see [`Planner::predict_lease_ends`]); empty without forecasts.
     lease_ends: FxMap<HostIdx, Timestamp>,
+    /// Searches that found no host (or were answered by the failed-shape
+    /// cache) so far this round; a tier with any is not repacked.
+    n_failed_searches: u32,
+    /// Place equal tasks of a job on one host in one go where the search
+    /// provably would ([`Planner::place_class`]); off only in tests that
+    /// compare against one-by-one placement.
+    class_steps: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -210,6 +222,17 @@ impl<'a> Planner<'a> {
             learned: FxMap::default(),
             learned_order: Vec::new(),
             lease_ends: predict_lease_ends(state, now),
+            n_failed_searches: 0,
+            class_steps: true,
+        }
+    }
+
+    /// The same planner placing every task through a search of its own.
+    #[cfg(test)]
+    pub(crate) fn one_by_one(self) -> Self {
+        Planner {
+            class_steps: false,
+            ..self
         }
     }
 
@@ -338,9 +361,31 @@ impl<'a> Planner<'a> {
         let lead = now.saturating_add(market.config.forecast_drain_lead);
         let view = self.view();
         let mut out = Vec::new();
+        // Without a forecast a pool only clears marks; with no host marked
+        // at all (the common case) there is nothing to clear, and one pass
+        // over the host table is far cheaper than walking every pool's set.
+        let any_marked = state.hosts.iter().any(|(_, h)| h.returning.is_some());
         for p in 0..market.pools.len() {
             let p = PoolIdx::from_usize(p);
             let pool = &market.pools[p.get()];
+            if !market.has_forecast(p, now) && !any_marked {
+                continue;
+            }
+            if !market.has_forecast(p, now) {
+                // Only marks to clear. The host's own field is tested
+                // before the overlay lookup, which few hosts need.
+                out.extend(
+                    pool.hosts
+                        .iter()
+                        .copied()
+                        .filter(|&h| state.hosts[h].returning.is_some() && view.n_flex(h) > 0)
+                        .map(|h| Drain {
+                            host: state.hosts[h].spec.id.clone(),
+                            due: None,
+                        }),
+                );
+                continue;
+            }
             let leased_hosts: Vec<HostIdx> = pool
                 .hosts
                 .iter()
@@ -352,13 +397,6 @@ impl<'a> Planner<'a> {
                 .copied()
                 .filter(|&h| state.hosts[h].returning.is_some())
                 .collect();
-            if !market.has_forecast(p, now) {
-                out.extend(marked.iter().map(|&h| Drain {
-                    host: state.hosts[h].spec.id.clone(),
-                    due: None,
-                }));
-                continue;
-            }
             let leased = view.leased(p);
             let need = leased.saturating_sub(market.min_forecast_supply(p, now, lead));
             let mut returning: Ie = marked.iter().map(|&h| state.hosts[h].ie).sum();
@@ -503,6 +541,25 @@ impl<'a> Planner<'a> {
     }
 
     fn plan_tier(&mut self, tier: Tier) {
+        // The repack (below) may take the tier's placements back: keep them
+        // undoable until it has decided.
+        let mark = self.overlay.checkpoint();
+        let first = self.assignments.len();
+        let failures_before = self.n_failed_searches;
+        self.admit_tier(tier);
+        if self.n_failed_searches == failures_before && self.state.config.policy(tier).repack {
+            self.repack_tier(tier, first, mark);
+        } else {
+            // Repacking is off, or something found no host: its reason was
+            // learned against these placements (and may be cached for later
+            // rounds), so they stay.
+            self.overlay.keep(mark);
+        }
+    }
+
+    /// The tier's admission: teams in weighted-DRF order, one task per pick,
+    /// each placed by the host search as it is admitted.
+    fn admit_tier(&mut self, tier: Tier) {
         let teams: Vec<TeamIdx> = self.state.queue.teams(tier).collect();
         let mut order = TeamOrder::default();
         let mut cursors: FxMap<TeamIdx, TeamCursor> = FxMap::default();
@@ -569,6 +626,12 @@ impl<'a> Planner<'a> {
                         let c = cursor.current.as_mut().expect("cursor is on this job");
                         c.last_index = Some(index);
                         c.n_placed += 1;
+                        // The only team left would be picked again at once:
+                        // place the job's next equal tasks on the same host
+                        // while the search provably would.
+                        if order.is_empty() && self.class_steps {
+                            self.place_class(tier, job_id, c);
+                        }
                     }
                     Err(reasons) => {
                         self.give_up(job_id, n_left, reasons);
@@ -601,6 +664,7 @@ impl<'a> Planner<'a> {
                 .get(shape)
                 .or_else(|| state.failed_shapes.get(shape));
             if let Some(reasons) = cached {
+                self.n_failed_searches += 1;
                 self.stats.n_shape_cache_hits += 1;
                 return Err(reasons.clone());
             }
@@ -628,6 +692,7 @@ impl<'a> Planner<'a> {
                 reasons,
                 n_examined,
             } => {
+                self.n_failed_searches += 1;
                 self.stats.n_hosts_examined += u64::from(n_examined);
                 let reasons = Arc::new(reasons);
                 if let Some(shape) = shape
@@ -638,6 +703,78 @@ impl<'a> Planner<'a> {
                 }
                 Err(reasons)
             }
+        }
+    }
+
+    /// Class steps: after the search put a task of `job_id` on host h,
+    /// places the job's next ready tasks on h too, one check and one score
+    /// each instead of a search each, as long as the search would provably
+    /// choose h again. The caller guarantees that no other team waits in the
+    /// tier, so one-by-one placement would pick this job's next task next.
+    ///
+    /// Why the search would choose h again (tightest-first walk, job without
+    /// hard or soft constraints, team without a cap, h already leased before
+    /// the last placement so no pool's supply and no index partition
+    /// changed): placing a task changes only h. h moves *earlier* in the
+    /// walk (less free room), so the hosts walked before it are a subset of
+    /// those walked before it last time, untouched, with the same
+    /// feasibility and scores, all below h's old score; the feasible hosts
+    /// scored are the same set as before. So if h still passes every checker
+    /// and its new score is at least its old one, it is still the first host
+    /// with the highest score: the search would return h. Stops at the first
+    /// task for which any of this fails; the next pick then searches.
+    ///
+    /// Each step counts one host examined (the search it replaces would
+    /// have counted the hosts before h too).
+    fn place_class(&mut self, tier: Tier, job_id: JobId, cursor: &mut JobCursor) {
+        let state = self.state;
+        let job = &state.jobs[&job_id];
+        let policy = state.config.policy(tier);
+        let team = &state.teams[job.team.get()];
+        if job.spec.gang
+            || !job.spec.hard_constraints.is_empty()
+            || !job.spec.soft_constraints.is_empty()
+            || policy.search_order != SearchOrder::TightestFirst
+            || team.config.cap.contains_key(&tier)
+        {
+            return;
+        }
+        let Some(&(_, h)) = self.overlay.placements().last() else {
+            return;
+        };
+        let mut last_score = self.assignments.last().expect("just placed").score;
+        // A flex task that leased h changed its pool's supply and h's index
+        // partition: other hosts' feasibility may have changed.
+        if tier == Tier::Flex && self.view().n_flex(h) < 2 {
+            return;
+        }
+        let host_id = &state.hosts[h].spec.id;
+        while let Some(&index) = job
+            .ready
+            .range(cursor.last_index.map_or(0, |l| l + 1)..)
+            .next()
+        {
+            let view = self.view();
+            if self.pipeline.check(&view, job, h).is_err() {
+                return;
+            }
+            let score = self.pipeline.score(policy, &view, job, h);
+            if score < last_score {
+                return;
+            }
+            let task = TaskId::new(job_id, index);
+            self.overlay.charge(state, task, h, true);
+            let attempt = job.tasks[index as usize].attempt + 1;
+            self.assignments.push(Assignment {
+                run: task.run(attempt),
+                host: host_id.clone(),
+                score,
+            });
+            self.stats.n_placed += 1;
+            self.stats.n_hosts_examined += 1;
+            cursor.last_index = Some(index);
+            cursor.n_placed += 1;
+            last_score = score;
         }
     }
 
@@ -674,6 +811,153 @@ impl<'a> Planner<'a> {
         self.overlay.keep(mark);
     }
 }
+
+/// Largest tier round the repack looks at. Its search is quadratic in the
+/// tasks on the hosts it compares; past a few hundred tasks a round is a
+/// fill of many hosts, where one host more or less matters less than the
+/// time, and each host's admission order already mixed shapes.
+const REPACK_MAX_TASKS: usize = 512;
+
+impl Planner<'_> {
+    /// Round repacking (after a tier's admission, see [`repack`]): offers
+    /// the tier's movable placements to the local search, replays its
+    /// proposal through every checker in the original decision order, and
+    /// keeps it only if every placement passes; otherwise the admission's
+    /// own placements are restored. The tasks placed, their order and the
+    /// accounting of teams, pools and gangs are the same either way: only
+    /// hosts (and scores) change, and only when a host the tier opened ends
+    /// up empty. Movable: tasks without hard or soft constraints, GPUs or
+    /// named scalars; the rest stay where admission put them.
+    ///
+    /// Skipped, for speed, when every movable task has the same request (a
+    /// job array, Fenzo's shape: the common large round): a bin-packing
+    /// search fills each host it opens before it opens the next, so there
+    /// is nothing to gain. With a spreading or aligning scorer there could
+    /// be; that is the price of keeping such rounds free of the search.
+    fn repack_tier(&mut self, tier: Tier, first: usize, mark: Mark) {
+        let state = self.state;
+        let n = self.assignments.len() - first;
+        let placements = self.overlay.placements();
+        if !(2..=REPACK_MAX_TASKS).contains(&n) || placements.len() < n {
+            self.overlay.keep(mark);
+            return;
+        }
+        let placed: Vec<(TaskId, HostIdx)> = placements[placements.len() - n..].to_vec();
+        debug_assert!(
+            placed
+                .iter()
+                .zip(&self.assignments[first..])
+                .all(|(p, a)| p.0 == a.run.task),
+            "the overlay's last placements are the tier's assignments"
+        );
+        let movable = |task: TaskId| {
+            let spec = &state.jobs[&task.job].spec;
+            spec.hard_constraints.is_empty()
+                && spec.soft_constraints.is_empty()
+                && spec.request.gpus == 0
+                && spec.request.scalars.is_empty()
+        };
+        let load = |r: &Resources| -> Load {
+            [
+                r.cpu_millis,
+                r.memory_mib,
+                r.disk_mib,
+                r.network_mbps,
+                r.gpus,
+            ]
+        };
+        let mut requests = placed
+            .iter()
+            .filter(|&&(t, _)| movable(t))
+            .map(|&(t, _)| &state.jobs[&t.job].spec.request);
+        let first_request = requests.next();
+        let mixed = requests.any(|r| Some(r) != first_request);
+        if !mixed {
+            self.overlay.keep(mark);
+            return;
+        }
+        // The touched hosts in first-touch order, and each movable task's slot.
+        let mut slot_of: FxMap<HostIdx, usize> = FxMap::default();
+        let mut host_idxs: Vec<HostIdx> = Vec::new();
+        let mut items: Vec<Load> = Vec::new();
+        let mut start: Vec<usize> = Vec::new();
+        let mut moved_load: Vec<Load> = Vec::new();
+        for &(task, h) in &placed {
+            let slot = *slot_of.entry(h).or_insert_with(|| {
+                host_idxs.push(h);
+                moved_load.push([0; N_DIMS]);
+                host_idxs.len() - 1
+            });
+            if movable(task) {
+                let l = load(&state.jobs[&task.job].spec.request);
+                for d in 0..N_DIMS {
+                    moved_load[slot][d] += l[d];
+                }
+                items.push(l);
+                start.push(slot);
+            }
+        }
+        let view = self.view();
+        let hosts: Vec<RepackHost> = host_idxs
+            .iter()
+            .zip(&moved_load)
+            .map(|(&h, moved)| {
+                let allocated = view.allocated(h);
+                let all = load(allocated);
+                let fixed: Load = std::array::from_fn(|d| all[d] - moved[d]);
+                RepackHost {
+                    capacity: load(&view.host(h).spec.capacity),
+                    fixed,
+                    may_empty: fixed == [0; N_DIMS] && allocated.scalars.values().all(|v| *v == 0),
+                }
+            })
+            .collect();
+        let Some(proposal) = repack(&hosts, &items, &start) else {
+            self.overlay.keep(mark);
+            return;
+        };
+        // Replay: every placement, movable or not, in decision order.
+        let old: Vec<Assignment> = self.assignments[first..].to_vec();
+        self.overlay.rollback(state, mark);
+        let mark = self.overlay.checkpoint();
+        let policy = state.config.policy(tier);
+        let mut proposal = proposal.into_iter();
+        let mut ok = true;
+        for (k, &(task, h_old)) in placed.iter().enumerate() {
+            let h = if movable(task) {
+                host_idxs[proposal.next().expect("one proposal per movable task")]
+            } else {
+                h_old
+            };
+            let job = &state.jobs[&task.job];
+            let view = self.view();
+            if self.pipeline.check(&view, job, h).is_err() {
+                ok = false;
+                break;
+            }
+            let score = self.pipeline.score(policy, &view, job, h);
+            self.overlay.charge(state, task, h, true);
+            let a = &mut self.assignments[first + k];
+            a.host = state.hosts[h].spec.id.clone();
+            a.score = score;
+        }
+        if !ok {
+            self.overlay.rollback(state, mark);
+            let mark = self.overlay.checkpoint();
+            for &(task, h) in &placed {
+                self.overlay.charge(state, task, h, true);
+            }
+            self.overlay.keep(mark);
+            self.assignments.truncate(first);
+            self.assignments.extend(old);
+            return;
+        }
+        self.overlay.keep(mark);
+    }
+}
+
+#[cfg(test)]
+mod tests;
 
 fn finish_job(cursor: &mut TeamCursor) {
     if let Some(c) = cursor.current.take() {

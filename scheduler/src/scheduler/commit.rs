@@ -78,6 +78,15 @@ impl Scheduler {
         Ok(plan)
     }
 
+    /// [`Scheduler::plan_round`] with every task placed through a search of
+    /// its own (no class steps): the reference the class-step tests compare with.
+    #[cfg(test)]
+    pub(crate) fn plan_round_one_by_one(&self, now: Timestamp) -> Plan {
+        Planner::new(&self.state, &self.pipeline, now)
+            .one_by_one()
+            .run(self.n_rounds + 1)
+    }
+
     /// Applies a plan at `now` (the commit time, not earlier than the plan's).
     ///
     /// If the state is still exactly the plan's basis and the plan carries

@@ -123,6 +123,16 @@ pub struct TierPolicy {
     /// Stop after this many feasible hosts were scored (Kubernetes'
     /// "percentage of nodes to score", as a count). `None` scores every feasible host.
     pub max_hosts_scored: Option<u32>,
+    /// After the tier's admission, try to move its own placements off hosts
+    /// it opened (a bounded local search, `policy/repack.rs`), keeping a
+    /// proposal only if every moved placement passes every checker again.
+    /// Buys fewer hosts on mixed shapes (on the optimal bench's snapshots it
+    /// reaches the proven optimum in every case, against up to 22% over it
+    /// without); costs about 1–2 ms on a round of ~90 mixed tasks that
+    /// already packs tightly (two failed repairs), and nothing but an undo
+    /// log on a round of one shape, one with an unplaced task, or one over
+    /// 512 tasks. docs/BENCHMARKS.md, "Round repacking", has the figures.
+    pub repack: bool,
 }
 
 impl Default for TierPolicy {
@@ -134,12 +144,17 @@ impl Default for TierPolicy {
     /// good_enough 1.0, change hosts used by under 0.2%; scoring every
     /// feasible host is 12-140x slower and packs no better. On Fenzo's
     /// shape 8 costs 0.54 ms per 200-task round against 0.45 ms for 1.
+    /// Round repacking is on: with it every scorer reaches the proven
+    /// optimum on the 100-host snapshots, and CPU+memory bin-packing stays
+    /// the scorer because dot product spreads when tasks arrive a few per
+    /// round (docs/BENCHMARKS.md, "Round repacking").
     fn default() -> Self {
         TierPolicy {
             scorers: vec![(ScorerKind::CpuMemBinPack, 1.0)],
             search_order: SearchOrder::TightestFirst,
             good_enough: 0.95,
             max_hosts_scored: Some(8),
+            repack: true,
         }
     }
 }
