@@ -19,7 +19,18 @@
 //! round's plan is on disk before it is committed, and the commit uses the
 //! plan *decoded from the stored bytes*, so replaying the log commits
 //! exactly what the live server committed. A store failure stops the
-//! driver (the core would be ahead of the disk).
+//! driver (the core would be ahead of the disk), except an unreachable
+//! store ([`StoreError::Unavailable`]): the driver then retries the same
+//! batch (every append is idempotent) with back-off, acknowledging nothing
+//! and planning no round until it is durable.
+//!
+//! **Leadership.** With etcd, the driver runs only while its replica leads
+//! ([`crate::ha`]). Its writes are fenced; the `deposed` flag (set when the
+//! lease is lost) or a fenced write refused ([`StoreError::Deposed`]) stops
+//! it at once, and dropping it closes executor and watch streams so that
+//! clients move to the new leader. After a (re)start it waits up to
+//! `ha.reconcile_window` for the hosts it knows to re-attach and report
+//! their runs before it plans a round.
 //!
 //! **Executors.** Each host has a slot: its stream (if attached), an outbox
 //! for commands while it is not, and its last-seen time. Registration
@@ -359,13 +370,16 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Replays the store and starts the driver thread.
+/// `deposed` stops the driver when set (the replica lost its lease).
 pub fn start(
     config: &Config,
     store: Box<dyn Store>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    deposed: Arc<AtomicBool>,
 ) -> anyhow::Result<(DriverHandle, std::thread::JoinHandle<anyhow::Result<()>>)> {
-    let driver = Driver::load(config, store, metrics)?;
+    let mut driver = Driver::load(config, store, metrics)?;
+    driver.deposed = deposed;
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let handle = DriverHandle {
         tx,
@@ -452,6 +466,11 @@ pub(crate) struct Driver {
     /// Ledger samples before this (ms) are already down-sampled.
     thinned_until: u64,
     replaying: bool,
+    /// Set by the replica when its lease is lost: stop now.
+    deposed: Arc<AtomicBool>,
+    /// Until then (or until every known host is attached), no round is
+    /// planned: hosts from before a restart or takeover report their runs.
+    reconciling_until: Option<Instant>,
 }
 
 impl Driver {
@@ -521,6 +540,8 @@ impl Driver {
             last_sample_ms: 0,
             thinned_until: 0,
             replaying: true,
+            deposed: Arc::new(AtomicBool::new(false)),
+            reconciling_until: None,
         };
         for (id, bytes) in &loaded.jobs {
             let x: JobExtras = records::decode(bytes)
@@ -559,6 +580,9 @@ impl Driver {
                     detached_at: now,
                 },
             );
+        }
+        if !d.slots.is_empty() {
+            d.reconciling_until = Some(now + config.ha.reconcile_window);
         }
         tracing::info!(
             snapshot = loaded.snapshot.as_ref().map(|(s, _)| *s),
@@ -613,6 +637,7 @@ impl Driver {
         self.update_gauges();
         self.flush()?;
         loop {
+            self.check_deposed()?;
             let wait = self.next_wakeup();
             let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
             let mut shutdown = None;
@@ -649,6 +674,38 @@ impl Driver {
             }
         }
         self.stop()
+    }
+
+    /// Fails with [`StoreError::Deposed`] once the replica lost its lease.
+    fn check_deposed(&self) -> Result<(), StoreError> {
+        if self.deposed.load(Ordering::SeqCst) {
+            return Err(StoreError::Deposed(
+                "the replica's etcd lease was lost; stopped scheduling".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True while hosts from before a restart or takeover may still
+    /// re-attach and report their runs (no round is planned meanwhile).
+    fn reconciling(&mut self) -> bool {
+        let Some(until) = self.reconciling_until else {
+            return false;
+        };
+        let missing = self.slots.values().filter(|s| s.conn.is_none()).count();
+        if missing > 0 && Instant::now() < until {
+            return true;
+        }
+        self.reconciling_until = None;
+        if missing > 0 {
+            tracing::warn!(
+                n_missing = missing,
+                "reconciliation window over: planning without the hosts that have not re-attached"
+            );
+        } else {
+            tracing::info!("every known host re-attached: planning rounds");
+        }
+        false
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {
@@ -959,14 +1016,42 @@ impl Driver {
         }
     }
 
-    /// Makes the open batch durable, then releases what it caused.
+    /// Makes the open batch durable, then releases what it caused. While
+    /// the store is unreachable it retries the same batch (appends are
+    /// idempotent), with back-off, until it is durable or the replica is
+    /// deposed; nothing is acknowledged meanwhile.
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.check_deposed()?;
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             let n = batch.records.len() as u64;
             let bytes = batch.record_bytes() as u64;
             let t = Instant::now();
-            self.store.append(batch)?;
+            let mut backoff = Duration::from_millis(50);
+            let mut down_since: Option<Instant> = None;
+            loop {
+                match self.store.append(&batch) {
+                    Ok(()) => break,
+                    Err(StoreError::Unavailable(e)) => {
+                        self.check_deposed()?;
+                        if down_since.is_none() {
+                            tracing::warn!(error = %e, "store unreachable: writes and rounds wait; nothing is acknowledged until it is back");
+                            self.metrics.store_unavailable.set(1);
+                            down_since = Some(Instant::now());
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(since) = down_since {
+                self.metrics.store_unavailable.set(0);
+                tracing::info!(
+                    ms = since.elapsed().as_millis() as u64,
+                    "store reachable again: the waiting batch is durable"
+                );
+            }
             self.metrics
                 .store_write_seconds
                 .observe(t.elapsed().as_secs_f64());
@@ -999,7 +1084,10 @@ impl Driver {
 
     // -------------------------------------------------------- rounds
 
-    fn round_due(&self) -> bool {
+    fn round_due(&mut self) -> bool {
+        if self.reconciling() {
+            return false;
+        }
         if self.last_round.elapsed() < self.config.rounds.interval {
             return false;
         }
@@ -1102,7 +1190,15 @@ impl Driver {
         };
         let bytes = records::encode(&file);
         drop(file);
-        self.store.write_snapshot(self.seq, &bytes)?;
+        match self.store.write_snapshot(self.seq, &bytes) {
+            Ok(()) => {}
+            // The log still holds everything: try again at the next round.
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "snapshot not written (store unreachable); retrying later");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.records_since_snapshot = 0;
         self.bytes_since_snapshot = 0;
         self.metrics.snapshots.inc();
@@ -1301,6 +1397,24 @@ impl Driver {
     }
 }
 
+impl Drop for Driver {
+    /// However the driver ends (shutdown, deposed, failed), its executor
+    /// and watch streams end with it, so executors and watchers reconnect
+    /// (to the new leader, after a takeover) instead of waiting on a driver
+    /// that is gone. Replies not yet sent are dropped: their callers see
+    /// `UNAVAILABLE`, never an acknowledgement of something not durable.
+    fn drop(&mut self) {
+        for slot in self.slots.values_mut() {
+            if let Some(conn) = slot.conn.take() {
+                let _ = conn.tx.send(Err(Status::unavailable(
+                    "the scheduler on this replica stopped; reconnect (to the leader)",
+                )));
+            }
+        }
+        self.hub.close();
+    }
+}
+
 fn record_kind(r: &Record) -> &'static str {
     match r {
         Record::JobSubmitted { .. } => "job_submitted",
@@ -1446,7 +1560,8 @@ mod tests {
                 jobs: m.jobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
             })
         }
-        fn append(&mut self, b: Batch) -> Result<(), StoreError> {
+        fn append(&mut self, b: &Batch) -> Result<(), StoreError> {
+            let b = b.clone();
             let mut m = self.0.lock().unwrap();
             m.log.extend(b.records);
             m.jobs.extend(b.put_jobs);
