@@ -94,6 +94,12 @@ impl Leadership {
         }
     }
 
+    /// True while this replica leads and its store is unreachable: its
+    /// answers come from memory and may include changes not yet durable.
+    pub fn store_stale(&self) -> bool {
+        matches!(&*self.rx.borrow(), RoleState::Leader(d) if d.store_stale.load(Ordering::SeqCst))
+    }
+
     /// The current role.
     pub fn state(&self) -> RoleState {
         self.rx.borrow().clone()

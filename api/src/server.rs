@@ -146,6 +146,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             .context("TLS configuration")?;
     }
     let router = builder
+        .layer(MarkStale(leadership.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -227,6 +228,66 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         trigger: Some(trigger),
         done,
     })
+}
+
+/// Response header on every answer given while the store is unreachable.
+pub const STALE_HEADER: &str = "ebb-stale";
+
+/// Adds [`STALE_HEADER`] to every response while this replica's store is
+/// unreachable (reads are then answered from memory, and may show changes
+/// that are not durable yet and were acknowledged to nobody).
+#[derive(Clone)]
+struct MarkStale(Leadership);
+
+impl<S> tower::Layer<S> for MarkStale {
+    type Service = MarkStaleService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MarkStaleService {
+            inner,
+            role: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MarkStaleService<S> {
+    inner: S,
+    role: Leadership,
+}
+
+impl<S, Req, B> tower::Service<Req> for MarkStaleService<S>
+where
+    S: tower::Service<Req, Response = tonic::codegen::http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        let role = self.role.clone();
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if role.store_stale() {
+                resp.headers_mut().insert(
+                    STALE_HEADER,
+                    tonic::codegen::http::HeaderValue::from_static(
+                        "the store is unreachable: answered from memory",
+                    ),
+                );
+            }
+            Ok(resp)
+        })
+    }
 }
 
 /// Makes ring rustls's process-wide crypto provider (once; later calls are

@@ -909,10 +909,40 @@ async fn an_etcd_restart_mid_run_loses_nothing_acknowledged_and_scheduling_resum
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     etcd.kill9();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While a batch waits for etcd, reads are answered from memory, marked
+    // stale (until the lease lapses and the replica stops leading).
+    let down = Instant::now();
+    let mut stale_reads = 0;
+    let mut client = jobs_at(&a.grpc).await;
+    while down.elapsed() < Duration::from_secs(3) {
+        let read = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_job(pb::GetJobRequest { job_id: first }),
+        )
+        .await;
+        if let Ok(Ok(r)) = read
+            && r.metadata().contains_key(ebb_api::server::STALE_HEADER)
+        {
+            stale_reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stale_reads > 0, "no read was answered while etcd was down");
     etcd.spawn();
     // It leads again (the same term, or a new one after its lease lapsed).
     wait_health(&a, "ok: leader", Duration::from_secs(30)).await;
+    eventually("fresh (not stale) answers", || {
+        let addr = a.grpc.clone();
+        async move {
+            let r = jobs_at(&addr)
+                .await
+                .get_job(pb::GetJobRequest { job_id: first })
+                .await
+                .ok()?;
+            (!r.metadata().contains_key(ebb_api::server::STALE_HEADER)).then_some(())
+        }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     creator.await.unwrap();

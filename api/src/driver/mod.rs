@@ -330,6 +330,9 @@ pub struct DriverHandle {
     pub alive: Arc<AtomicBool>,
     /// The driver's clock origin for executor last-seen times.
     pub started: Instant,
+    /// True while the store is unreachable: answers come from memory and
+    /// may include changes not yet durable.
+    pub store_stale: Arc<AtomicBool>,
 }
 
 impl DriverHandle {
@@ -383,6 +386,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let handle = DriverHandle {
         tx,
+        store_stale: driver.store_stale.clone(),
         hub: driver.hub.clone(),
         limits: Arc::new(Limits::from_catalog(driver.core.catalog())),
         alive: Arc::new(AtomicBool::new(true)),
@@ -400,6 +404,24 @@ pub fn start(
             r
         })?;
     Ok((handle, thread))
+}
+
+impl Request {
+    /// True for requests that only read the core (answered from memory,
+    /// marked stale, while the store is unreachable).
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Request::GetJob { .. }
+                | Request::ListJobs { .. }
+                | Request::ListTasks { .. }
+                | Request::Explain { .. }
+                | Request::Pools { .. }
+                | Request::GetForecast { .. }
+                | Request::Reservations { .. }
+                | Request::PoolTotals { .. }
+        )
+    }
 }
 
 /// A host's executor slot.
@@ -468,6 +490,14 @@ pub(crate) struct Driver {
     replaying: bool,
     /// Set by the replica when its lease is lost: stop now.
     deposed: Arc<AtomicBool>,
+    /// True while a batch waits for an unreachable store (shared with the
+    /// services, which mark their answers stale meanwhile).
+    store_stale: Arc<AtomicBool>,
+    /// The request channel (taken by `run`).
+    rx: Option<mpsc::Receiver<Request>>,
+    /// Requests that change state, received while the store was
+    /// unreachable: handled, in order, once it is back.
+    deferred: std::collections::VecDeque<Request>,
     /// Until then (or until every known host is attached), no round is
     /// planned: hosts from before a restart or takeover report their runs.
     reconciling_until: Option<Instant>,
@@ -541,6 +571,9 @@ impl Driver {
             thinned_until: 0,
             replaying: true,
             deposed: Arc::new(AtomicBool::new(false)),
+            store_stale: Arc::new(AtomicBool::new(false)),
+            rx: None,
+            deferred: std::collections::VecDeque::new(),
             reconciling_until: None,
         };
         for (id, bytes) in &loaded.jobs {
@@ -627,9 +660,10 @@ impl Driver {
 
     fn run(
         mut self,
-        mut rx: mpsc::Receiver<Request>,
+        rx: mpsc::Receiver<Request>,
         rt: tokio::runtime::Handle,
     ) -> anyhow::Result<()> {
+        self.rx = Some(rx);
         self.configure_pools()?;
         if self.store.first_sample()?.is_none() {
             self.take_sample();
@@ -639,7 +673,14 @@ impl Driver {
         loop {
             self.check_deposed()?;
             let wait = self.next_wakeup();
-            let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            // Requests deferred while the store was unreachable come first.
+            let first = match self.deferred.pop_front() {
+                Some(r) => Ok(Some(r)),
+                None => {
+                    let rx = self.rx.as_mut().expect("set above");
+                    rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                }
+            };
             let mut shutdown = None;
             match first {
                 Ok(Some(Request::Shutdown { reply })) => shutdown = Some(reply),
@@ -649,7 +690,11 @@ impl Driver {
             }
             let mut n = 1;
             while shutdown.is_none() && n < self.config.rounds.max_inputs_per_batch {
-                match rx.try_recv() {
+                let next = match self.deferred.pop_front() {
+                    Some(r) => Ok(r),
+                    None => self.rx.as_mut().expect("set above").try_recv(),
+                };
+                match next {
                     Ok(Request::Shutdown { reply }) => shutdown = Some(reply),
                     Ok(r) => self.handle(r),
                     Err(_) => break,
@@ -684,6 +729,41 @@ impl Driver {
             ));
         }
         Ok(())
+    }
+
+    /// For `wait`, while a batch waits for the store: answers read-only
+    /// requests at once from memory (the services mark them stale: they may
+    /// show changes not yet durable, which nobody was told about) and defers
+    /// every other request until the store is back. True if a shutdown was
+    /// asked for.
+    fn serve_reads_while_down(&mut self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        loop {
+            let next = self.rx.as_mut().map(|rx| rx.try_recv());
+            match next {
+                Some(Ok(r)) if r.is_read() => {
+                    let held = self.replies.len();
+                    self.handle(r);
+                    for reply in self.replies.drain(held..).collect::<Vec<_>>() {
+                        reply();
+                    }
+                }
+                Some(Ok(r)) => {
+                    let shutdown = matches!(r, Request::Shutdown { .. });
+                    self.deferred.push_back(r);
+                    if shutdown {
+                        return true;
+                    }
+                }
+                _ => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(5)));
+                }
+            }
+        }
     }
 
     /// True while hosts from before a restart or takeover may still
@@ -1035,11 +1115,18 @@ impl Driver {
                     Err(StoreError::Unavailable(e)) => {
                         self.check_deposed()?;
                         if down_since.is_none() {
-                            tracing::warn!(error = %e, "store unreachable: writes and rounds wait; nothing is acknowledged until it is back");
+                            tracing::warn!(error = %e, "store unreachable: writes and rounds wait; nothing is acknowledged until it is back; reads are answered from memory, marked stale");
                             self.metrics.store_unavailable.set(1);
+                            self.store_stale.store(true, Ordering::SeqCst);
                             down_since = Some(Instant::now());
                         }
-                        std::thread::sleep(backoff);
+                        if self.serve_reads_while_down(backoff) {
+                            // Shutting down while the store is unreachable:
+                            // what is not durable is not acknowledged.
+                            return Err(StoreError::Unavailable(format!(
+                                "shut down while the store was unreachable ({e}); the last batch was not acknowledged"
+                            )));
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                     Err(e) => return Err(e),
@@ -1047,6 +1134,7 @@ impl Driver {
             }
             if let Some(since) = down_since {
                 self.metrics.store_unavailable.set(0);
+                self.store_stale.store(false, Ordering::SeqCst);
                 tracing::info!(
                     ms = since.elapsed().as_millis() as u64,
                     "store reachable again: the waiting batch is durable"
