@@ -797,26 +797,44 @@ struct Etcd {
     dir: PathBuf,
     client: u16,
     peer: u16,
+    /// Server certificate and key (PEM files): clients must use TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     fn start(dir: &Path) -> Etcd {
+        Etcd::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, tls: Option<(PathBuf, PathBuf)>) -> Etcd {
         let mut e = Etcd {
             child: None,
             dir: dir.join("etcd"),
             client: free_port(),
             peer: free_port(),
+            tls,
         };
         e.spawn();
         e
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 
     fn spawn(&mut self) {
         let (client, peer) = (self.client, self.peer);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some((cert, key)) = &self.tls {
+            tls_args = vec![
+                "--cert-file".into(),
+                cert.display().to_string(),
+                "--key-file".into(),
+                key.display().to_string(),
+            ];
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -826,11 +844,12 @@ impl Etcd {
             Command::new("etcd")
                 .args(["--name", "ebb-ha-test", "--data-dir"])
                 .arg(&self.dir)
+                .args(&tls_args)
                 .args([
                     "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                     "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{peer}"),
                     "--initial-advertise-peer-urls",
@@ -976,4 +995,125 @@ async fn an_etcd_restart_mid_run_loses_nothing_acknowledged_and_scheduling_resum
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// TLS and user/password authentication to etcd: a private etcd serving
+/// TLS only, with `auth enable`. The server connects with the CA and the
+/// password file and leads; without the CA, or with a wrong password, it
+/// refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reaches_etcd_over_tls_with_a_user_and_password() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("etcd.pem"), dir.path().join("etcd-key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let etcd = Etcd::start_with(dir.path(), Some((cert_path.clone(), key_path)));
+    // Enable auth: a root user (etcd requires it) with the root role.
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(cert.cert.pem()));
+    let mut c = etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .unwrap();
+    c.user_add("root", "s3cret", None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.auth_enable().await.unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess\n").unwrap();
+
+    let config = |name: &str, extra: &str| {
+        let (grpc, http) = (free_port(), free_port());
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"listen = "127.0.0.1:{grpc}"
+http_listen = "127.0.0.1:{http}"
+data_dir = "{data}"
+[store]
+backend = "etcd"
+etcd_endpoints = ["{endpoint}"]
+etcd_prefix = "/ebb-tls/"
+{extra}
+"#,
+                data = dir.path().join(name).display(),
+                endpoint = etcd.endpoint(),
+            ),
+        )
+        .unwrap();
+        (path, http)
+    };
+    let run_fails = |path: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(["server", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let ca = format!("etcd_ca_cert = \"{}\"", cert_path.display());
+    let user = |file: &Path| {
+        format!(
+            "etcd_user = \"root\"\netcd_password_file = \"{}\"",
+            file.display()
+        )
+    };
+    // No CA: the TLS handshake cannot verify etcd.
+    let (path, _) = config("no-ca", &user(&password));
+    let err = run_fails(&path);
+    assert!(err.contains("etcd"), "{err}");
+    // A wrong password.
+    let (path, _) = config("wrong", &format!("{ca}\n{}", user(&wrong)));
+    let err = run_fails(&path);
+    assert!(
+        err.to_lowercase().contains("authentication failed"),
+        "{err}"
+    );
+    // Both right: it leads, and its state is in etcd under its prefix.
+    let (path, http) = config("ok", &format!("{ca}\n{}", user(&password)));
+    let log = std::fs::File::create(dir.path().join("ok.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["server", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !healthz(http)
+        .await
+        .unwrap_or_default()
+        .starts_with("ok: leader")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no leader over TLS with auth:\n{}",
+            std::fs::read_to_string(dir.path().join("ok.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_user("root", "s3cret")
+                .with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(cert.cert.pem())),
+                ),
+        ),
+    )
+    .await
+    .unwrap();
+    let v = c.get("/ebb-tls/format_version", None).await.unwrap();
+    assert_eq!(v.kvs().len(), 1);
+    let _ = child.kill();
+    let _ = child.wait();
 }

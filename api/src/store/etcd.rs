@@ -156,6 +156,9 @@ impl EtcdAccess {
             o = o.with_user(user.clone(), password.clone());
         }
         if self.ca_cert.is_some() || self.client_cert.is_some() {
+            // With the `ec2` feature rustls has two providers and must be
+            // told which (see `install_crypto_provider`).
+            crate::server::install_crypto_provider();
             let mut tls = TlsOptions::new();
             if let Some(ca) = &self.ca_cert {
                 let pem = std::fs::read(ca).map_err(|e| {
