@@ -69,7 +69,7 @@ etcd_prefix = "{prefix}"
 snapshot_every_records = 50
 
 [ha]
-lease_ttl = "2s"
+lease_ttl = "3s"
 reconcile_window = "5s"
 "#,
                 data = dir.join(name).display(),
@@ -189,6 +189,11 @@ async fn wait_health(r: &Replica, want: &str, within: Duration) -> Duration {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The tests here run one at a time: each starts several server processes
+/// (and some an etcd) on a small machine, where overlapping them would only
+/// stretch their lease timings.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
@@ -521,6 +526,7 @@ async fn wait_succeeded(addr: &str, job_id: u64, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_standby_takes_over_from_a_killed_leader_and_every_task_completes_exactly_once() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (endpoint, prefix) = (etcd_endpoint(), unique_etcd_prefix("ha-kill"));
     let mut a = Replica::start(dir.path(), "a", &endpoint, &prefix).await;
@@ -668,6 +674,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_every_task_completes_ex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_that_wakes_after_losing_its_lease_writes_nothing_and_steps_down() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (endpoint, prefix) = (etcd_endpoint(), unique_etcd_prefix("ha-pause"));
     let a = Replica::start(dir.path(), "a", &endpoint, &prefix).await;
@@ -885,6 +892,7 @@ impl Drop for Etcd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_etcd_restart_mid_run_loses_nothing_acknowledged_and_scheduling_resumes() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = Etcd::start(dir.path());
     let a = Replica::start(dir.path(), "a", &etcd.endpoint(), "/ebb-ha/").await;
@@ -1003,6 +1011,7 @@ async fn an_etcd_restart_mid_run_loses_nothing_acknowledged_and_scheduling_resum
 /// refuses to start and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_reaches_etcd_over_tls_with_a_user_and_password() {
+    let _serial = SERIAL.lock().await;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
