@@ -531,17 +531,45 @@ fn retry_for(e: &CliError) -> Option<Retry> {
             if let Some(leader) = ebb_proto::leader_hint(s) {
                 return Some(Retry::Leader(leader));
             }
-            let transport = s.code() == tonic::Code::Unknown
-                && ["transport", "connection", "h2 protocol", "broken pipe"]
-                    .iter()
-                    .any(|w| s.message().contains(w));
-            (s.code() == tonic::Code::Unavailable || transport)
-                .then(|| Retry::Elsewhere(s.message().to_owned()))
+            replica_gone(s).then(|| Retry::Elsewhere(s.message().to_owned()))
         }
         CliError::Other(e) => format!("{e:#}")
             .starts_with("connecting to")
             .then(|| Retry::Elsewhere(format!("{e:#}"))),
         CliError::Invalid(_) => None,
+    }
+}
+
+/// True if a status says the replica is not serving (gone, stopping, a
+/// follower with no leader yet, or the connection broke), so another
+/// attempt may succeed; false for the server's own answers, including its
+/// `UNAVAILABLE` ones about something else (an executor that is not
+/// connected for `job logs`).
+fn replica_gone(s: &Status) -> bool {
+    const SERVER: [&str; 3] = [
+        "no leader is elected yet",
+        "the scheduler is shutting down",
+        "the scheduler is not running on this replica",
+    ];
+    const TRANSPORT: [&str; 7] = [
+        "transport error",
+        "tcp connect error",
+        "error trying to connect",
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "h2 protocol error",
+    ];
+    let message = s.message().to_lowercase();
+    match s.code() {
+        tonic::Code::Unavailable => {
+            SERVER.iter().any(|w| message.contains(w))
+                || TRANSPORT.iter().any(|w| message.contains(w))
+        }
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
+            TRANSPORT.iter().any(|w| message.contains(w))
+        }
+        _ => false,
     }
 }
 
@@ -977,5 +1005,44 @@ fn state_wire(s: StateArg) -> pb::TaskState {
         StateArg::Completed => pb::TaskState::Completed,
         StateArg::Failed => pb::TaskState::Failed,
         StateArg::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ApiError;
+
+    #[test]
+    fn only_a_replica_that_is_not_serving_is_retried_elsewhere() {
+        // From the server's own errors, so a reworded message breaks this.
+        let retried: Vec<Status> = vec![
+            ApiError::NotLeader { leader: None }.into(),
+            ApiError::Unavailable("the scheduler is shutting down".into()).into(),
+            Status::unavailable("tcp connect error: Connection refused (os error 111)"),
+            Status::unknown("transport error"),
+            Status::unavailable("error trying to connect: connection reset by peer"),
+        ];
+        for s in &retried {
+            assert!(replica_gone(s), "{s:?}");
+        }
+        let final_: Vec<Status> = vec![
+            ApiError::Unavailable("executor h1 of run 1/0/1 is not connected".into()).into(),
+            ApiError::Unavailable("executor h1 disconnected".into()).into(),
+            ApiError::NotFound("job 9".into()).into(),
+            Status::internal("replaying record 3 failed"),
+        ];
+        for s in &final_ {
+            assert!(!replica_gone(s), "{s:?}");
+        }
+        // A follower that names the leader is followed, whatever else.
+        let named: Status = ApiError::NotLeader {
+            leader: Some("http://10.0.0.2:7600".into()),
+        }
+        .into();
+        assert!(matches!(
+            retry_for(&CliError::Status(named)),
+            Some(Retry::Leader(l)) if l == "http://10.0.0.2:7600"
+        ));
     }
 }
