@@ -193,7 +193,7 @@ async fn wait_health(r: &Replica, want: &str, within: Duration) -> Duration {
 /// The tests here run one at a time: each starts several server processes
 /// (and some an etcd) on a small machine, where overlapping them would only
 /// stretch their lease timings.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
