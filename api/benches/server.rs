@@ -9,10 +9,17 @@
 //! 3. memory: the server's RSS with 1,000,000 tasks known, and the restart
 //!    (snapshot + log replay) time at that size.
 //!
-//! `cargo bench -p ebb-api --bench server [-- --quick] [core|placement|latency|memory]`
-//! (quick: 10x smaller; names pick sections).
+//! 4. on etcd (`EBB_ETCD_ENDPOINT`, e.g. from `eval "$(scripts/etcd.sh start)"`):
+//!    `placement-etcd`, the placement benchmark with the server's state in
+//!    etcd; `takeover`, two `ebb server` processes on one etcd, 10,000
+//!    executors and 100,000 running tasks: the leader is killed (SIGKILL) and
+//!    the clock runs until the standby has planned its first round.
+//!
+//! `cargo bench -p ebb-api --bench server [-- --quick] [core|placement|latency|memory|placement-etcd|takeover]`
+//! (quick: 10x smaller; names pick sections; the etcd ones run only when named).
 //! The server runs in this process on loopback with a temporary data
-//! directory; load executors speak the real protocol but run nothing.
+//! directory (except `takeover`'s replicas); load executors speak the real
+//! protocol but run nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -177,12 +184,33 @@ async fn load_executors(
     senders
 }
 
-async fn placement(scale: usize) {
+/// The etcd the etcd sections use.
+fn etcd_endpoint() -> String {
+    std::env::var("EBB_ETCD_ENDPOINT").expect(
+        "EBB_ETCD_ENDPOINT: the etcd sections need an etcd (eval \"$(scripts/etcd.sh start)\")",
+    )
+}
+
+/// A key prefix of this run's own.
+fn etcd_prefix(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("/ebb-bench/{what}-{}-{nanos}/", std::process::id())
+}
+
+async fn placement(scale: usize, etcd: bool) {
     let (n_hosts, n_tasks) = (10_000 / scale, 100_000 / scale as u32);
     let dir = tempfile::tempdir().unwrap();
-    let server = ebb_api::server::start(config(dir.path(), n_hosts as u32))
-        .await
-        .unwrap();
+    let mut cfg = config(dir.path(), n_hosts as u32);
+    if etcd {
+        cfg.store.backend = ebb_api::config::StoreBackend::Etcd;
+        cfg.store.etcd_endpoints = vec![etcd_endpoint()];
+        cfg.store.etcd_prefix = etcd_prefix("placement");
+        println!("store: etcd at {}", cfg.store.etcd_endpoints[0]);
+    }
+    let server = ebb_api::server::start(cfg).await.unwrap();
     let addr = format!("http://{}", server.grpc_addr);
     let launched = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
@@ -227,6 +255,326 @@ async fn placement(scale: usize) {
     );
     println!("server RSS after placement: {:.0} MiB", rss_mib());
     server.shutdown().await.unwrap();
+}
+
+/// Connections shared by load executors, by (replica, group).
+type Channels = Arc<tokio::sync::Mutex<std::collections::HashMap<(usize, usize), Channel>>>;
+
+/// A load executor that follows the leader: it registers with the first
+/// replica that accepts it (a follower's refusal names the leader), counts
+/// launches, and on a broken stream registers again elsewhere, reporting
+/// every run it holds.
+struct Follower {
+    runs: Vec<pb::RunId>,
+    /// Registrations answered, in order, by replica index.
+    registered: Vec<usize>,
+}
+
+fn spawn_follower(
+    i: usize,
+    replicas: Arc<Vec<String>>,
+    channels: Channels,
+    state: Arc<std::sync::Mutex<Follower>>,
+    launched: Arc<AtomicU64>,
+) {
+    tokio::spawn(async move {
+        let mut r = 0;
+        let group = i / STREAMS_PER_CONNECTION;
+        loop {
+            // Executors share connections per replica, STREAMS_PER_CONNECTION
+            // streams each (as in `load_executors`).
+            let ch = {
+                let mut chans = channels.lock().await;
+                if !chans.contains_key(&(r, group))
+                    && let Ok(c) = Channel::from_shared(replicas[r].clone())
+                        .unwrap()
+                        .connect()
+                        .await
+                {
+                    chans.insert((r, group), c);
+                }
+                chans.get(&(r, group)).cloned()
+            };
+            let Some(ch) = ch else {
+                r = (r + 1) % replicas.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let runs = state.lock().unwrap().runs.clone();
+            let (tx, rx) = mpsc::channel(16);
+            let _ = tx
+                .send(pb::ExecutorMessage {
+                    message: Some(pb::executor_message::Message::Register(pb::Register {
+                        host: Some(host(i)),
+                        runs: runs
+                            .into_iter()
+                            .map(|run| pb::RunEvent {
+                                run: Some(run),
+                                time: None,
+                                kind: Some(pb::run_event::Kind::Started(pb::RunStarted {})),
+                            })
+                            .collect(),
+                        executor_version: "bench".into(),
+                    })),
+                })
+                .await;
+            let mut client = ExecutorServiceClient::new(ch).max_decoding_message_size(64 << 20);
+            let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+                Ok(s) => s.into_inner(),
+                Err(status) => {
+                    if let Some(leader) = ebb_proto::leader_hint(&status)
+                        && let Some(k) = replicas.iter().position(|a| *a == leader)
+                    {
+                        r = k;
+                    } else {
+                        // A dead replica: drop its connection, try the next.
+                        channels.lock().await.remove(&(r, group));
+                        r = (r + 1) % replicas.len();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                }
+            };
+            state.lock().unwrap().registered.push(r);
+            let hb = tx.clone();
+            let beat = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let m = pb::ExecutorMessage {
+                        message: Some(pb::executor_message::Message::Heartbeat(pb::Heartbeat {
+                            sent_time: None,
+                        })),
+                    };
+                    if hb.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(m)) = inbound.next().await {
+                if let Some(pb::scheduler_message::Message::Launch(l)) = m.message {
+                    let run = l.run.unwrap();
+                    state.lock().unwrap().runs.push(run);
+                    launched.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx
+                        .send(pb::ExecutorMessage {
+                            message: Some(pb::executor_message::Message::RunEvent(pb::RunEvent {
+                                run: Some(run),
+                                time: None,
+                                kind: Some(pb::run_event::Kind::Started(pb::RunStarted {})),
+                            })),
+                        })
+                        .await;
+                }
+            }
+            beat.abort();
+            channels.lock().await.remove(&(r, group));
+        }
+    });
+}
+
+/// `GET` a replica's HTTP path, if it answers.
+async fn http_get(port: u16, path: &'static str) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two `ebb server` processes on one etcd prefix; the leader is killed with
+/// 100,000 tasks running on 10,000 executors.
+async fn takeover(scale: usize) {
+    let (n_hosts, n_tasks) = (10_000 / scale, 100_000 / scale as u32);
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, prefix) = (etcd_endpoint(), etcd_prefix("takeover"));
+    let mut replicas = Vec::new();
+    let mut children = Vec::new();
+    for name in ["a", "b"] {
+        let (grpc, http) = (free_port(), free_port());
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"listen = "127.0.0.1:{grpc}"
+http_listen = "127.0.0.1:{http}"
+data_dir = "{data}"
+[executors]
+heartbeat_interval = "10s"
+missed_heartbeats = 6
+[store]
+backend = "etcd"
+etcd_endpoints = ["{endpoint}"]
+etcd_prefix = "{prefix}"
+[ha]
+lease_ttl = "5s"
+reconcile_window = "30s"
+[[market.pools]]
+id = "bench"
+region = "local"
+reservations = [{{ instance_type = "m5.16xlarge", count = {n_hosts} }}]
+"#,
+                data = dir.path().join(name).display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        children.push(
+            std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+                .args(["server", "--config"])
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        replicas.push((format!("http://127.0.0.1:{grpc}"), http));
+        // The first one leads before the second starts.
+        loop {
+            let h = http_get(http, "/healthz").await.unwrap_or_default();
+            if h.starts_with("ok: leader") || h.starts_with("ok: follower; leader http") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let addrs = Arc::new(replicas.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>());
+    let channels: Channels = Arc::default();
+    let launched = Arc::new(AtomicU64::new(0));
+    let states: Vec<_> = (0..n_hosts)
+        .map(|_| {
+            Arc::new(std::sync::Mutex::new(Follower {
+                runs: Vec::new(),
+                registered: Vec::new(),
+            }))
+        })
+        .collect();
+    for (i, st) in states.iter().enumerate() {
+        spawn_follower(
+            i,
+            addrs.clone(),
+            channels.clone(),
+            st.clone(),
+            launched.clone(),
+        );
+    }
+    let t = Instant::now();
+    while states
+        .iter()
+        .any(|s| s.lock().unwrap().registered.is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "registration stalled"
+        );
+    }
+    let mut jobs = JobServiceClient::new(connect(&addrs[0]).await);
+    jobs.create_job(job("encoding", n_tasks, 6_000, 24 * 1024))
+        .await
+        .unwrap();
+    while launched.load(Ordering::Relaxed) < u64::from(n_tasks) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(t.elapsed() < Duration::from_secs(600), "placement stalled");
+    }
+    // Let the leader write its snapshot and settle, as a live one would be.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("takeover: {n_hosts} executors and {n_tasks} running tasks on the leader; killing it");
+    let killed = Instant::now();
+    children[0].kill().unwrap();
+    children[0].wait().unwrap();
+    let http_b = replicas[1].1;
+    let mut elected = None;
+    let mut reattached = None;
+    loop {
+        let h = http_get(http_b, "/healthz").await.unwrap_or_default();
+        if elected.is_none() && h.starts_with("ok: leader") {
+            elected = Some(killed.elapsed());
+        }
+        if reattached.is_none()
+            && states
+                .iter()
+                .all(|s| s.lock().unwrap().registered.last() == Some(&1))
+        {
+            reattached = Some(killed.elapsed());
+        }
+        let m = http_get(http_b, "/metrics").await.unwrap_or_default();
+        if metric(&m, "ebb_rounds_total").unwrap_or(0.0) >= 1.0 {
+            let first_round = killed.elapsed();
+            // The last executors may see their registration answered just
+            // after the standby counted them (the first round waits for all
+            // of them, or the window): wait for their side too.
+            while reattached.is_none() {
+                if states
+                    .iter()
+                    .all(|s| s.lock().unwrap().registered.last() == Some(&1))
+                {
+                    reattached = Some(killed.elapsed());
+                }
+                assert!(
+                    killed.elapsed() < Duration::from_secs(120),
+                    "executors did not re-attach"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let rebuild = metric(&m, "ebb_takeover_seconds").unwrap_or(f64::NAN);
+            println!(
+                "takeover: leader killed → standby elected and rebuilt {:.2} s (rebuild {rebuild:.2} s) → first round planned {:.2} s (all {n_hosts} executors saw their re-registration answered by {:.2} s)",
+                elected.unwrap_or_default().as_secs_f64(),
+                first_round.as_secs_f64(),
+                reattached.map_or(f64::NAN, |d| d.as_secs_f64())
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(120),
+            "no takeover within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut jobs = JobServiceClient::new(connect(&addrs[1]).await);
+    let listed = jobs
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let running = listed.jobs[0].counts.unwrap().running;
+    assert_eq!(
+        running, n_tasks,
+        "every task still running after the takeover"
+    );
+    assert_eq!(
+        launched.load(Ordering::Relaxed),
+        u64::from(n_tasks),
+        "nothing launched twice"
+    );
+    let _ = children[1].kill();
+    let _ = children[1].wait();
 }
 
 async fn create_latency(scale: usize) {
@@ -402,7 +750,13 @@ fn main() {
     }
     rt.block_on(async {
         if run("placement") {
-            placement(scale).await;
+            placement(scale, false).await;
+        }
+        if only.iter().any(|o| o == "placement-etcd") {
+            placement(scale, true).await;
+        }
+        if only.iter().any(|o| o == "takeover") {
+            takeover(scale).await;
         }
         if run("latency") {
             create_latency(scale).await;

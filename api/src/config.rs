@@ -35,6 +35,8 @@ pub struct Config {
     pub rounds: RoundConfig,
     /// Snapshots, retention.
     pub store: StoreConfig,
+    /// Leader election among replicas (etcd store only).
+    pub ha: HaConfig,
     /// Request limits.
     pub limits: LimitsConfig,
     /// Watch streams.
@@ -72,6 +74,7 @@ impl Default for Config {
             executors: ExecutorConfig::default(),
             rounds: RoundConfig::default(),
             store: StoreConfig::default(),
+            ha: HaConfig::default(),
             limits: LimitsConfig::default(),
             watch: WatchConfig::default(),
             market: MarketSetup::default(),
@@ -223,6 +226,55 @@ pub struct StoreConfig {
     /// The key prefix everything lives under in etcd, so one etcd cluster
     /// can hold several Ebb installations (or serve other tenants).
     pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed etcd's server certificate; needed
+    /// for `https://` endpoints.
+    pub etcd_ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`, with
+    /// `etcd_client_key`.
+    pub etcd_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub etcd_client_key: Option<PathBuf>,
+    /// etcd user (etcd's `auth enable`), with `etcd_password_file`.
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (trailing newline ignored),
+    /// so the config file itself holds no secret.
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+/// Leader election among `ebb server` replicas sharing one etcd: one leads
+/// (schedules, accepts writes, attaches executors); the others redirect
+/// callers to it and take over when its lease expires.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaConfig {
+    /// The address callers and executors are redirected to while this
+    /// replica leads (`http://host:port`, `https://` with TLS). Default:
+    /// the gRPC listen address, when it names one host.
+    pub advertise_url: Option<String>,
+    /// The leader's etcd lease: how long after its last renewal a silent
+    /// leader (crashed, paused, cut off) is replaced.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// After taking over (or restarting), how long the new leader waits for
+    /// the hosts it knows to re-attach and report their runs before it plans
+    /// rounds without the ones still missing. It plans as soon as all are
+    /// back.
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_window: Duration,
+}
+
+impl Default for HaConfig {
+    /// A 5 s lease: a dead leader is replaced in 5–7 s, and a healthy one
+    /// renews it three times per TTL, riding out a lost renewal or a second
+    /// of etcd trouble. 10 s to reconcile: executors retry every ≤ 5 s
+    /// (their back-off cap), so every live host is back in time.
+    fn default() -> Self {
+        HaConfig {
+            advertise_url: None,
+            lease_ttl: Duration::from_secs(5),
+            reconcile_window: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Where the state lives.
@@ -254,6 +306,11 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             etcd_endpoints: Vec::new(),
             etcd_prefix: "/ebb/".into(),
+            etcd_ca_cert: None,
+            etcd_client_cert: None,
+            etcd_client_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
         }
     }
 }
@@ -450,6 +507,43 @@ impl Config {
         Ok(config)
     }
 
+    /// Where callers are redirected while this replica leads:
+    /// `ha.advertise_url`, or the listen address when it names one host.
+    pub fn advertise_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.ha.advertise_url {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "ha.advertise_url must start with http:// or https:// (got {url:?})"
+            );
+            return Ok(url.clone());
+        }
+        anyhow::ensure!(
+            !self.listen.ip().is_unspecified(),
+            "ha.advertise_url is required when listen ({}) is a wildcard address: other replicas redirect callers to it",
+            self.listen
+        );
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.listen))
+    }
+
+    /// The etcd store's credentials, read from the configured files.
+    pub fn etcd_access(&self) -> anyhow::Result<crate::store::etcd::EtcdAccess> {
+        let s = &self.store;
+        let user = match (&s.etcd_user, &s.etcd_password_file) {
+            (Some(u), Some(f)) => {
+                let p = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading store.etcd_password_file {}", f.display()))?;
+                Some((u.clone(), p.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            _ => None,
+        };
+        Ok(crate::store::etcd::EtcdAccess {
+            ca_cert: s.etcd_ca_cert.clone(),
+            client_cert: s.etcd_client_cert.clone().zip(s.etcd_client_key.clone()),
+            user,
+        })
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -485,6 +579,19 @@ impl Config {
                 self.store.etcd_prefix.starts_with('/'),
                 "store.etcd_prefix must start with \"/\" (e.g. \"/ebb/\")"
             );
+            anyhow::ensure!(
+                self.store.etcd_client_cert.is_some() == self.store.etcd_client_key.is_some(),
+                "store.etcd_client_cert and store.etcd_client_key go together: set both or neither"
+            );
+            anyhow::ensure!(
+                self.store.etcd_user.is_some() == self.store.etcd_password_file.is_some(),
+                "store.etcd_user and store.etcd_password_file go together: set both or neither"
+            );
+            anyhow::ensure!(
+                self.ha.lease_ttl >= Duration::from_secs(2),
+                "ha.lease_ttl must be at least 2s (etcd leases are whole seconds, renewed a third of the way through)"
+            );
+            self.advertise_url()?;
         }
         if let Some(rate) = self.finance.reserved_usd_per_ie_hour {
             anyhow::ensure!(
@@ -547,6 +654,7 @@ mod tests {
             ("executors", "[executors]\nheartbeat = \"5s\""),
             ("rounds", "[rounds]\nintervall = \"5s\""),
             ("store", "[store]\nsnapshots = 3"),
+            ("ha", "[ha]\nlease = \"5s\""),
             ("limits", "[limits]\nmax_msg = 3"),
             ("watch", "[watch]\nevents = 3"),
             (

@@ -31,8 +31,10 @@ use serde::Deserialize;
 
 use crate::auth::{Authenticator, Principal};
 use crate::cli::output::{self, Report};
-use crate::driver::{DriverHandle, Request as D};
+use crate::driver::Request as D;
+use crate::error::ApiError;
 use crate::finance::Grouping;
+use crate::ha::Leadership;
 
 /// A session lasts a working day; then the login form again.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -44,7 +46,7 @@ const CSRF_COOKIE: &str = "ebb_csrf";
 /// What the dashboard handlers share.
 #[derive(Clone)]
 pub struct Dashboard {
-    driver: DriverHandle,
+    role: Leadership,
     auth: Authenticator,
     /// Session id → (principal, expiry, the session's CSRF token for the logout form).
     sessions: Arc<Mutex<HashMap<String, Session>>>,
@@ -59,9 +61,9 @@ struct Session {
 
 impl Dashboard {
     /// Over the driver, authenticating with the server's tokens.
-    pub fn new(driver: DriverHandle, auth: Authenticator) -> Self {
+    pub fn new(role: Leadership, auth: Authenticator) -> Self {
         Dashboard {
-            driver,
+            role,
             auth,
             sessions: Arc::default(),
         }
@@ -202,7 +204,16 @@ impl Dashboard {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.driver
+        let unavailable = |e: ApiError| {
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                &format!("<p>{}</p>", esc(&e.to_string())),
+            )
+        };
+        self.role
+            .driver()
+            .map_err(unavailable)?
             .call(|reply| D::Utilization {
                 start: Some(now.saturating_sub(range)),
                 end: None,
@@ -211,13 +222,7 @@ impl Dashboard {
                 reply,
             })
             .await
-            .map_err(|e| {
-                page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Unavailable",
-                    &format!("<p>{}</p>", esc(&e.to_string())),
-                )
-            })
+            .map_err(unavailable)
     }
 }
 

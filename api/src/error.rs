@@ -56,6 +56,17 @@ pub enum ApiError {
     /// Did not finish in time.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// This replica does not lead; `leader` is the one that does, if known.
+    /// `UNAVAILABLE` with the leader's address in the `ebb-leader` metadata,
+    /// so clients retry there.
+    #[error("{}", match .leader {
+        Some(l) => format!("this ebb server replica is a follower; the leader is {l} (retry there)"),
+        None => "this ebb server replica is a follower and no leader is elected yet; retry shortly".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's advertised address.
+        leader: Option<String>,
+    },
     /// A server bug or an unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +97,7 @@ impl ApiError {
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::NotLeader { .. } => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -130,6 +142,15 @@ impl From<ApiError> for Status {
                     e.to_string(),
                     ErrorDetails::with_bad_request(violations),
                 )
+            }
+            ApiError::NotLeader { leader } => {
+                let mut status = Status::new(e.code(), e.to_string());
+                if let Some(v) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                    status
+                        .metadata_mut()
+                        .insert(ebb_proto::LEADER_METADATA_KEY, v);
+                }
+                status
             }
             _ => Status::new(e.code(), e.to_string()),
         }

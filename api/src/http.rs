@@ -1,10 +1,10 @@
-//! The HTTP port: `/metrics` (Prometheus text), `/healthz` (200 while the
-//! driver runs, 503 once it stopped), and the finance dashboard
+//! The HTTP port: `/metrics` (Prometheus text), `/healthz` (200 while this
+//! replica leads or follows, saying which; 503 once its scheduler stopped),
+//! and the finance dashboard
 //! ([`crate::dashboard`]: `/dashboard`, its CSV downloads, `/login`).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,12 +14,13 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 use crate::dashboard::{self, Dashboard};
+use crate::ha::{Leadership, RoleState};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    alive: Arc<AtomicBool>,
+    role: Leadership,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -33,13 +34,19 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.alive.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
+    match s.role.state() {
+        RoleState::Leader(_) if s.role.driver().is_ok() => (StatusCode::OK, "ok: leader\n".into()),
+        RoleState::Follower { leader } => (
+            StatusCode::OK,
+            format!(
+                "ok: follower; leader {}\n",
+                leader.as_deref().unwrap_or("not elected yet")
+            ),
+        ),
+        RoleState::Leader(_) | RoleState::Stopped => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the scheduler driver stopped\n",
-        )
+            "the scheduler driver stopped\n".to_owned(),
+        ),
     }
 }
 
@@ -47,7 +54,7 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn serve(
     listener: TcpListener,
     metrics_: Arc<Metrics>,
-    alive: Arc<AtomicBool>,
+    role: Leadership,
     dashboard: Dashboard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -68,7 +75,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .with_state(AppState {
             metrics: metrics_,
-            alive,
+            role,
         })
         .merge(finance);
     axum::serve(listener, app)

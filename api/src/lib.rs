@@ -31,6 +31,7 @@ pub mod dashboard;
 pub mod driver;
 pub mod error;
 pub mod finance;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod records;

@@ -45,6 +45,13 @@ pub struct Metrics {
     pub snapshots: Counter,
     /// Inputs refused (bad requests, stale executor reports).
     pub refused_inputs: Family<Labels, Counter>,
+    /// 1 while this replica leads, 0 while it follows.
+    pub leader: Gauge,
+    /// Election won → core rebuilt and serving, for the latest takeover.
+    pub takeover_seconds: Gauge<f64, AtomicU64>,
+    /// 1 while the store is unreachable and writes wait (nothing is
+    /// acknowledged meanwhile).
+    pub store_unavailable: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +84,9 @@ impl Metrics {
             store_bytes: Gauge::default(),
             snapshots: Counter::default(),
             refused_inputs: Family::default(),
+            leader: Gauge::default(),
+            takeover_seconds: Gauge::default(),
+            store_unavailable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +147,21 @@ impl Metrics {
             "refused_inputs",
             "Inputs refused, by kind",
             m.refused_inputs.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (schedules and accepts writes)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "takeover_seconds",
+            "Election won to core rebuilt, for the latest takeover",
+            m.takeover_seconds.clone(),
+        );
+        registry.register(
+            "store_unavailable",
+            "1 while store writes wait for the store to come back",
+            m.store_unavailable.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,7 +1,8 @@
-//! `ebb server`: opens the store, starts the driver, serves gRPC (jobs,
+//! `ebb server`: starts the replica (the embedded store's single leader, or
+//! an etcd replica that campaigns: [`crate::ha`]), serves gRPC (jobs,
 //! market, executors, health, reflection) and HTTP (`/metrics`,
 //! `/healthz`), and shuts down in order: stop accepting, let the driver
-//! flush and snapshot, close executor and watch streams, then exit.
+//! flush, snapshot and resign, close executor and watch streams, then exit.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,15 +19,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::Authenticator;
-use crate::config::{Config, StoreBackend};
-use crate::driver::{self, DriverHandle};
+use crate::config::Config;
+use crate::ha::{Leadership, Replica, RoleState};
 use crate::metrics::Metrics;
 use crate::services::executor::Executors;
 use crate::services::jobs::Jobs;
 use crate::services::market::Market;
-use crate::store::Store;
-use crate::store::etcd::{EtcdOptions, EtcdStore};
-use crate::store::redb::RedbStore;
 
 /// Concurrent streams per HTTP/2 connection: a load executor fleet (or a
 /// proxy in front of many executors) multiplexes thousands of Attach streams
@@ -35,6 +33,11 @@ const MAX_CONCURRENT_STREAMS: u32 = 20_000;
 /// HTTP/2 keepalive: detects dead connections under NAT idle timeouts
 /// (commonly 60 s and up) without chatter.
 const KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// How long start-up waits to learn this replica's role (an etcd replica:
+/// its first election round) before it serves anyway, as a follower that
+/// does not know the leader yet.
+const STARTUP_SETTLE: Duration = Duration::from_secs(10);
 
 /// How long a graceful shutdown waits for clients to close their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -45,8 +48,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The HTTP address.
     pub http_addr: SocketAddr,
-    /// The driver, for in-process callers (benchmarks, tests).
-    pub driver: DriverHandle,
+    /// This replica's role, for in-process callers (benchmarks, tests).
+    pub leadership: Leadership,
     trigger: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -76,19 +79,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     config.validate()?;
     // Before the driver: the source's pools join the market setup.
     let capacity = crate::capacity::feed::open(&mut config).await?;
-    let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let (driver, thread) = driver::start(
-        &config,
-        store,
-        metrics.clone(),
-        tokio::runtime::Handle::current(),
-    )?;
     let capacity_status = capacity.as_ref().map(|c| c.status());
-    let capacity_task = match capacity {
-        Some(c) => Some(c.start(driver.clone()).await?),
-        None => None,
-    };
+    let mut replica = Replica::start(&config, metrics.clone(), capacity).await?;
+    let leadership = replica.leadership.clone();
+    // Say where this replica stands before serving: the leader once its core
+    // is rebuilt, or a follower once it knows the leader.
+    leadership.settled(STARTUP_SETTLE).await;
     let auth = Authenticator::new(&config.auth);
     if auth.is_dev_mode() {
         tracing::warn!(
@@ -121,15 +118,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         .build_v1alpha()?;
 
     let max = config.limits.max_message_bytes;
-    let jobs = JobServiceServer::new(Jobs::new(driver.clone()))
+    let jobs = JobServiceServer::new(Jobs::new(leadership.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let market = MarketServiceServer::new(Market::new(driver.clone(), capacity_status))
+    let market = MarketServiceServer::new(Market::new(leadership.clone(), capacity_status))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let executors = ExecutorServiceServer::new(Executors::new(
-        driver.clone(),
-        driver.started,
+        leadership.clone(),
         config.executors.timeout(),
     ))
     .max_decoding_message_size(max)
@@ -150,6 +146,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
             .context("TLS configuration")?;
     }
     let router = builder
+        .layer(MarkStale(leadership.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -159,13 +156,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
 
     let (grpc_stop_tx, grpc_stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-    let shutdown_driver = driver.clone();
+    let (replica_stopped_tx, replica_stopped_rx) = oneshot::channel::<()>();
     let grpc_shutdown = async move {
         let _ = grpc_stop_rx.await;
         tracing::info!("shutting down: flushing the store and closing streams");
         // The driver closes executor and watch streams, so that tonic's
         // graceful shutdown does not wait for them forever.
-        shutdown_driver.shutdown().await;
+        let _ = replica_stopped_rx.await;
     };
     let grpc_task = tokio::spawn(
         router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_shutdown),
@@ -177,35 +174,30 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let http_task = tokio::spawn(crate::http::serve(
         http,
         metrics,
-        driver.alive.clone(),
-        crate::dashboard::Dashboard::new(driver.clone(), auth.clone()),
+        leadership.clone(),
+        crate::dashboard::Dashboard::new(leadership.clone(), auth.clone()),
         async move {
             let _ = http_stop_rx.await;
         },
     ));
-    let (died_tx, mut died_rx) = oneshot::channel::<anyhow::Result<()>>();
-    std::thread::spawn(move || {
-        let r = thread
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the driver panicked")));
-        let _ = died_tx.send(r);
-    });
     let (trigger, triggered) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         let died = tokio::select! {
             _ = triggered => None,
-            r = &mut died_rx => Some(r.unwrap_or(Ok(()))),
+            r = replica.wait() => Some(r),
         };
-        if let Some(t) = &capacity_task {
-            t.abort();
-        }
         if let Some(r) = died {
-            // The driver stopped by itself (a store failure): stop serving.
+            // The replica stopped by itself (a store failure): stop serving.
             grpc_task.abort();
             http_task.abort();
             return r.and(Err(anyhow::anyhow!("the scheduler driver stopped")));
         }
         let _ = grpc_stop_tx.send(());
+        // Flush, snapshot, close streams and (etcd) resign, then let the
+        // gRPC server finish.
+        replica.stop();
+        let replica_result = replica.wait().await;
+        let _ = replica_stopped_tx.send(());
         // Streams were closed by the driver; a client that keeps its half
         // open does not hold the shutdown up for long.
         let grpc_result = match tokio::time::timeout(SHUTDOWN_GRACE, grpc_task).await {
@@ -217,41 +209,85 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         };
         let _ = http_stop_tx.send(());
         let _ = http_task.await;
-        let driver_result = died_rx.await.unwrap_or(Ok(()));
         grpc_result.context("gRPC server")?;
-        driver_result
+        replica_result
     });
-    tracing::info!(%grpc_addr, %http_addr, tls = config.tls.is_some(), store = ?config.store.backend, data_dir = %config.data_dir.display(), "ebb server listening");
+    let role = match leadership.state() {
+        RoleState::Leader(_) => "leader".to_owned(),
+        RoleState::Follower { leader } => format!(
+            "follower of {}",
+            leader.as_deref().unwrap_or("(no leader elected yet)")
+        ),
+        RoleState::Stopped => "stopped".to_owned(),
+    };
+    tracing::info!(%grpc_addr, %http_addr, tls = config.tls.is_some(), store = ?config.store.backend, data_dir = %config.data_dir.display(), %role, "ebb server listening");
     Ok(Running {
         grpc_addr,
         http_addr,
-        driver,
+        leadership,
         trigger: Some(trigger),
         done,
     })
 }
 
-/// Opens the configured store (`store.backend`).
-fn open_store(config: &Config) -> anyhow::Result<Box<dyn Store>> {
-    Ok(match config.store.backend {
-        StoreBackend::Embedded => Box::new(
-            RedbStore::open(&config.data_dir)
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-        ),
-        StoreBackend::Etcd => Box::new(
-            EtcdStore::open(EtcdOptions::new(
-                config.store.etcd_endpoints.clone(),
-                config.store.etcd_prefix.clone(),
-            ))
-            .with_context(|| {
-                format!(
-                    "opening the etcd store at {} under {}",
-                    config.store.etcd_endpoints.join(","),
-                    config.store.etcd_prefix
-                )
-            })?,
-        ),
-    })
+/// Response header on every answer given while the store is unreachable.
+pub const STALE_HEADER: &str = "ebb-stale";
+
+/// Adds [`STALE_HEADER`] to every response while this replica's store is
+/// unreachable (reads are then answered from memory, and may show changes
+/// that are not durable yet and were acknowledged to nobody).
+#[derive(Clone)]
+struct MarkStale(Leadership);
+
+impl<S> tower::Layer<S> for MarkStale {
+    type Service = MarkStaleService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MarkStaleService {
+            inner,
+            role: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MarkStaleService<S> {
+    inner: S,
+    role: Leadership,
+}
+
+impl<S, Req, B> tower::Service<Req> for MarkStaleService<S>
+where
+    S: tower::Service<Req, Response = tonic::codegen::http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        let role = self.role.clone();
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if role.store_stale() {
+                resp.headers_mut().insert(
+                    STALE_HEADER,
+                    tonic::codegen::http::HeaderValue::from_static(
+                        "the store is unreachable: answered from memory",
+                    ),
+                );
+            }
+            Ok(resp)
+        })
+    }
 }
 
 /// Makes ring rustls's process-wide crypto provider (once; later calls are

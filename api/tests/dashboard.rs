@@ -111,7 +111,7 @@ fn seed(dir: &std::path::Path) {
     );
     let mut store = RedbStore::open(dir).unwrap();
     store
-        .append(Batch {
+        .append(&Batch {
             put_samples: samples(&times)
                 .iter()
                 .map(|(t, s)| (*t, encode(s)))

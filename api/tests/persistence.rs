@@ -15,14 +15,6 @@ use common::*;
 use ebb_proto::v1 as pb;
 use tokio::sync::Mutex;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: Child,
     addr: String,

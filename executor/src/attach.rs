@@ -212,6 +212,11 @@ enum SessionEnd {
         /// What happened, for the log.
         reason: String,
     },
+    /// A follower replica named the leader: attach there.
+    Redirect {
+        /// The leader's address.
+        leader: String,
+    },
     /// Retrying cannot help.
     Fatal(AttachError),
 }
@@ -312,26 +317,26 @@ impl Book {
 /// The stream client. See the module docs for what a session does.
 pub struct Attach {
     options: AttachOptions,
-    endpoint: Endpoint,
+    /// The configured server addresses (replicas), in order.
+    addresses: Vec<String>,
+    tls: Option<ClientTlsConfig>,
     bearer: Bearer,
 }
 
 impl Attach {
-    /// Checks the address, TLS settings and token; connects nothing yet.
+    /// Checks the addresses, TLS settings and token; connects nothing yet.
+    /// `server.address` may name several replicas, comma-separated.
     pub fn new(options: AttachOptions) -> Result<Self, AttachError> {
-        let address = options.server.address.clone();
-        let mut endpoint =
-            Endpoint::from_shared(address.clone()).map_err(|err| AttachError::Address {
-                address: address.clone(),
-                message: err.to_string(),
-            })?;
-        endpoint = endpoint
-            .connect_timeout(Duration::from_millis(options.server.connect_timeout_ms))
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
-        if address.starts_with("https://") {
+        let addresses: Vec<String> = options
+            .server
+            .address
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let mut tls = None;
+        if addresses.iter().any(|a| a.starts_with("https://")) {
+            let address = options.server.address.clone();
             let path = options
                 .server
                 .ca_cert
@@ -343,12 +348,7 @@ impl Attach {
                 path: path.clone(),
                 source,
             })?;
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-                .map_err(|err| AttachError::Tls {
-                    address: address.clone(),
-                    message: error_chain(&err),
-                })?;
+            tls = Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
         }
         let bearer = options
             .token
@@ -356,11 +356,50 @@ impl Attach {
             .map(|token| format!("Bearer {token}").parse::<MetadataValue<Ascii>>())
             .transpose()
             .map_err(|_| AttachError::Token)?;
-        Ok(Self {
+        let attach = Self {
             options,
-            endpoint,
+            addresses,
+            tls,
             bearer: Bearer(bearer),
-        })
+        };
+        if attach.addresses.is_empty() {
+            return Err(AttachError::Address {
+                address: attach.options.server.address.clone(),
+                message: "no address given".into(),
+            });
+        }
+        for a in &attach.addresses {
+            attach.endpoint(a)?;
+        }
+        Ok(attach)
+    }
+
+    /// The endpoint for one server address (a configured one, or a leader
+    /// a follower named).
+    fn endpoint(&self, address: &str) -> Result<Endpoint, AttachError> {
+        let mut endpoint =
+            Endpoint::from_shared(address.to_owned()).map_err(|err| AttachError::Address {
+                address: address.to_owned(),
+                message: err.to_string(),
+            })?;
+        endpoint = endpoint
+            .connect_timeout(Duration::from_millis(
+                self.options.server.connect_timeout_ms,
+            ))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        if address.starts_with("https://") {
+            let tls = self.tls.clone().ok_or_else(|| AttachError::NoCaCert {
+                address: address.to_owned(),
+            })?;
+            endpoint = endpoint.tls_config(tls).map_err(|err| AttachError::Tls {
+                address: address.to_owned(),
+                message: error_chain(&err),
+            })?;
+        }
+        Ok(endpoint)
     }
 
     /// Serves the server until `shutdown` completes (then closes the stream
@@ -389,6 +428,11 @@ impl Attach {
         // The run manager lists its containers by itself when it starts;
         // every later session asks it to list them again.
         let mut ask_inventory = false;
+        // Which server to attach to: a configured replica, or the leader a
+        // follower named; on failure, the next configured replica.
+        let mut next = 0;
+        let mut address = self.addresses[0].clone();
+        let mut redirected = false;
         loop {
             let inventory = tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -397,8 +441,15 @@ impl Attach {
             ask_inventory = true;
             let end = match inventory {
                 Some(inventory) => {
-                    self.session(inventory, &mut book, &mut queue, &commands, &mut shutdown)
-                        .await
+                    self.session(
+                        &address,
+                        inventory,
+                        &mut book,
+                        &mut queue,
+                        &commands,
+                        &mut shutdown,
+                    )
+                    .await
                 }
                 None => SessionEnd::Broken {
                     registered: false,
@@ -411,12 +462,29 @@ impl Attach {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Fatal(err) => return Err(err),
                 SessionEnd::Broken { registered, reason } => (registered, reason),
+                SessionEnd::Redirect { leader } if !redirected || leader != address => {
+                    // At once, once: a replica that keeps naming a leader
+                    // that sends us back is retried with back-off below.
+                    tracing::info!(follower = %address, %leader, "attaching to the leader");
+                    address = leader;
+                    redirected = true;
+                    continue;
+                }
+                SessionEnd::Redirect { leader } => {
+                    (false, format!("{leader} says it is not the leader"))
+                }
             };
+            redirected = false;
             if registered {
                 backoff.reset();
+            } else {
+                // Try the next replica (a leader that died, or a follower
+                // that knows no leader yet).
+                next = (next + 1) % self.addresses.len();
+                address = self.addresses[next].clone();
             }
             let delay = backoff.next_delay();
-            tracing::warn!(server = %server.address, %reason, retry_in = ?delay, "not attached to the server; retrying");
+            tracing::warn!(server = %address, %reason, retry_in = ?delay, "not attached to the server; retrying");
             // Keep draining reports while waiting, so the run manager never
             // blocks and terminal events are kept for the next registration.
             let sleep = tokio::time::sleep(delay);
@@ -437,13 +505,13 @@ impl Attach {
     /// One session: connect, register, serve until the stream ends.
     async fn session(
         &self,
+        address: &str,
         inventory: Inventory,
         book: &mut Book,
         queue: &mut mpsc::UnboundedReceiver<Report>,
         commands: &mpsc::Sender<Command>,
         shutdown: &mut Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> SessionEnd {
-        let address = &self.options.server.address;
         let runs = book.registration_runs(&inventory);
         let n_runs = runs.len();
         let register = wire::register(self.options.host.clone(), runs, &self.options.version);
@@ -451,8 +519,8 @@ impl Attach {
         // Cannot fail: the receiver is right here.
         let _ = outbound.try_send(register);
         let attach = async {
-            let channel = self
-                .endpoint
+            let endpoint = self.endpoint(address).map_err(|e| e.to_string())?;
+            let channel = endpoint
                 .connect()
                 .await
                 .map_err(|err| format!("cannot connect to {address}: {}", error_chain(&err)))?;
@@ -732,6 +800,9 @@ fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
 /// A session end for a status from the server: fatal for the codes that
 /// retrying cannot change, a broken stream otherwise.
 fn status_end(status: Status, registered: bool, what: &str) -> SessionEnd {
+    if let Some(leader) = ebb_proto::leader_hint(&status) {
+        return SessionEnd::Redirect { leader };
+    }
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
             SessionEnd::Fatal(AttachError::Refused {

@@ -159,7 +159,9 @@ impl Default for HostConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// The server's gRPC address, `http://host:port` or `https://host:port`.
+    /// The server's gRPC address, `http://host:port` or `https://host:port`;
+    /// with several replicas, their addresses comma-separated (a follower
+    /// names the leader, and the executor attaches there).
     pub address: String,
     /// CA certificate (PEM) to verify an `https://` server with.
     pub ca_cert: Option<PathBuf>,
@@ -400,10 +402,13 @@ impl ExecutorConfig {
             return invalid("host.gpu_model", "must not be empty when given");
         }
         let server = &self.server;
-        if !(server.address.starts_with("http://") || server.address.starts_with("https://")) {
+        if server.address.split(',').any(|a| {
+            let a = a.trim();
+            !(a.starts_with("http://") || a.starts_with("https://"))
+        }) {
             return invalid(
                 "server.address",
-                "must start with http:// or https:// (e.g. http://127.0.0.1:7600)",
+                "must start with http:// or https:// (e.g. http://127.0.0.1:7600); several replicas are comma-separated",
             );
         }
         if server.connect_timeout_ms == 0 {

@@ -40,7 +40,7 @@ const MANAGER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
                   running and a restarted executor with the same --host-id adopts them."
 )]
 struct Args {
-    /// The server's gRPC address [default: http://127.0.0.1:7600, or the config's server.address].
+    /// The server's gRPC address, or every replica's, comma-separated (a follower names the leader) [default: http://127.0.0.1:7600, or the config's server.address].
     #[arg(long, env = "EBB_ADDR")]
     server: Option<String>,
     /// The executor principal's bearer token (not needed by a dev-mode server).

@@ -243,13 +243,20 @@ struct Env {
     n_spawned: u32,
     /// The CA certificate when the server speaks TLS.
     tls_ca: Option<PathBuf>,
+    /// A second `ebb server` replica on the same etcd prefix, and its port.
+    standby: Option<(Proc, u16)>,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         // Never panic here: a panic while a failed test unwinds aborts the
         // test binary and hides the real failure.
-        for proc in self.executors.values_mut().chain(self.server.as_mut()) {
+        for proc in self
+            .executors
+            .values_mut()
+            .chain(self.server.as_mut())
+            .chain(self.standby.as_mut().map(|(p, _)| p))
+        {
             proc.kill9();
         }
         if std::thread::panicking() {
@@ -336,7 +343,84 @@ preempt_grace = 10000
             old_logs: Vec::new(),
             n_spawned: 0,
             tls_ca: None,
+            standby: None,
         }
+    }
+
+    /// Like `new`, with the state in the test etcd (`EBB_ETCD_ENDPOINT`)
+    /// under a prefix of its own, so that a second replica can share it.
+    fn with_etcd(test: &str, pools: &[PoolDef]) -> Env {
+        let endpoint = std::env::var("EBB_ETCD_ENDPOINT").unwrap_or_else(|_| {
+            panic!("EBB_ETCD_ENDPOINT is not set: run `eval \"$(scripts/etcd.sh start)\"` (scripts/test.sh does)")
+        });
+        let extra = format!(
+            "\n[store]\nbackend = \"etcd\"\netcd_endpoints = [\"{endpoint}\"]\netcd_prefix = \"/ebb-e2e/{test}-{}-{}/\"\n\
+             [ha]\nlease_ttl = \"2s\"\nreconcile_window = \"10s\"\n",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        Env::with_server_config(test, pools, &extra)
+    }
+
+    /// Starts a second replica of the server (same configuration, another
+    /// port) and waits until it follows.
+    async fn start_standby(&mut self) {
+        let port = free_port();
+        let config = std::fs::read_to_string(&self.server_config)
+            .unwrap()
+            .replace(
+                &format!("listen = \"127.0.0.1:{}\"", self.port),
+                &format!("listen = \"127.0.0.1:{port}\""),
+            );
+        let path = self.dir.path().join("standby.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Cli::new(ebb_binary());
+        command
+            .arg("server")
+            .arg("--config")
+            .arg(&path)
+            .env("EBB_LOG", "info");
+        let log = self.next_log("standby");
+        self.standby = Some((Proc::spawn("ebb server (standby)", command, log), port));
+        let addr = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            // A follower answers UNAVAILABLE naming the leader.
+            if let Ok(ch) = Channel::from_shared(addr.clone()).unwrap().connect().await {
+                let mut jobs = JobServiceClient::with_interceptor(ch, Bearer);
+                if let Err(status) = jobs.list_jobs(pb::ListJobsRequest::default()).await
+                    && ebb_proto::leader_hint(&status).is_some()
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the standby did not follow within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every replica's address, the standby's first (so executors and the
+    /// CLI are redirected to the leader).
+    fn server_list(&self) -> String {
+        match &self.standby {
+            Some((_, port)) => format!("http://127.0.0.1:{port},{}", self.addr()),
+            None => self.addr(),
+        }
+    }
+
+    /// `kill -9` the leader; the standby becomes the server this `Env`
+    /// talks to.
+    fn kill_leader(&mut self) {
+        self.kill_server();
+        let (proc, port) = self.standby.take().expect("a standby");
+        self.server = Some(proc);
+        self.port = port;
     }
 
     /// Like `new`, with the server speaking TLS only, with a self-signed
@@ -471,7 +555,7 @@ preempt_grace = 10000
         command
             .arg("--config")
             .arg(&config)
-            .args(["--server", &self.addr()])
+            .args(["--server", &self.server_list()])
             .args(["--host-id", id])
             .args(["--pool", pool.id, "--zone", pool.zone, "--region", "local"])
             .args(["--cpu-millis", &cpu_millis.to_string()])
@@ -599,7 +683,7 @@ preempt_grace = 10000
         }
         let out = command
             .args(args)
-            .env("EBB_ADDR", self.addr())
+            .env("EBB_ADDR", self.server_list())
             .env("EBB_TOKEN", ADMIN_TOKEN)
             .env("NO_COLOR", "1")
             .output()
@@ -1181,4 +1265,54 @@ async fn the_executor_attaches_over_tls() {
     let containers = containers_of(&a);
     assert_eq!(containers.len(), 2, "{containers:#?}");
     assert!(containers.iter().all(|c| c.exit_code == 0));
+}
+
+/// Two `ebb server` replicas on etcd; the executor is pointed at the
+/// follower first and attaches to the leader; the leader is killed: the
+/// executor re-attaches to the new leader, which adopts its running
+/// containers (nothing is run twice) and sees them finish; the CLI follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_follows_a_takeover_to_the_new_leader_and_keeps_its_runs() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::with_etcd("takeover", &[EAST]);
+    env.start_server().await;
+    env.start_standby().await;
+    let a = env.executor_id("ha");
+    env.start_executor(&a, &EAST, 1000);
+    let first = env.wait_registrations(&a, 1).await;
+    assert_eq!(first["n_reported_live"], 0, "{first}");
+    // It went where the follower's answer sent it, not merely to the next
+    // address on its list.
+    let log = env.executors[&a].log_text();
+    assert!(log.contains("attaching to the leader"), "{log}");
+    let long = env.submit(
+        "long",
+        2,
+        &["/workload", "--work-ms", "9000", "--mode", "sleep"],
+    );
+    let mut jobs = env.jobs().await;
+    wait_tasks(&mut jobs, long, "the long tasks running", |t| {
+        t.len() == 2 && t.iter().all(is_running)
+    })
+    .await;
+
+    env.kill_leader();
+    let again = env.wait_registrations(&a, 2).await;
+    assert_eq!(again["n_reported_live"], 2, "{again}");
+    assert_eq!(again["n_adopted"], 2, "{again}");
+    // Submitted through the CLI with both addresses, to the new leader.
+    let short = env.submit(
+        "short",
+        1,
+        &["/workload", "--work-ms", "200", "--mode", "sleep"],
+    );
+    let mut jobs = env.jobs().await;
+    wait_succeeded(&mut jobs, long).await;
+    wait_succeeded(&mut jobs, short).await;
+    for task in tasks(&mut jobs, long).await {
+        assert_eq!(task.run.unwrap().attempt, 1, "never rerun: {task:?}");
+    }
+    let containers = containers_of(&a);
+    assert_eq!(containers.len(), 3, "{containers:#?}");
+    assert!(containers.iter().all(|c| !c.running && c.exit_code == 0));
 }

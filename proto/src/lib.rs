@@ -38,4 +38,18 @@ pub fn allowed_capability(text: &str) -> Option<&'static str> {
 }
 
 /// The encoded file descriptor set, for the gRPC reflection service.
+/// Response metadata key naming the leader's address (`http://host:port`)
+/// on the `UNAVAILABLE` status a follower replica answers with: clients
+/// (the CLI, executors) retry there.
+pub const LEADER_METADATA_KEY: &str = "ebb-leader";
+
+/// The leader's address a status names (see [`LEADER_METADATA_KEY`]).
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let v = status.metadata().get(LEADER_METADATA_KEY)?.to_str().ok()?;
+    (v.starts_with("http://") || v.starts_with("https://")).then(|| v.to_owned())
+}
+
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ebb_descriptor");

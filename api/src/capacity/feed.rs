@@ -20,12 +20,12 @@ use std::time::Duration;
 use anyhow::Context;
 use ebb_scheduler as core;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::{CapacityStatus, PoolDef, Refresher, ReservationSource, StaticFile, unix_now};
 use crate::config::{CapacitySetup, Config, PoolSetup};
-use crate::driver::{DriverHandle, Request};
+use crate::driver::Request;
+use crate::ha::Leadership;
 
 /// An opened source, ready to be fed to a driver.
 pub struct OpenSource {
@@ -98,57 +98,73 @@ impl OpenSource {
         self.refresher.subscribe()
     }
 
-    /// Attaches the source to the driver (from now on `SetReservations` is
-    /// refused) and spawns the task that refreshes it now and then every
-    /// interval, feeding each fresh snapshot to the driver. The task ends
-    /// when the driver stops.
-    pub async fn start(self, driver: DriverHandle) -> anyhow::Result<JoinHandle<()>> {
+    /// Feeds the leader, for as long as the replica runs: each time this
+    /// replica starts leading it attaches the source to its driver, then
+    /// refreshes every interval and feeds what changed. A follower neither
+    /// polls the source nor feeds anything.
+    pub async fn follow(self, leadership: Leadership) {
         let name = self.refresher.status().source;
-        driver
-            .call(|reply| Request::AttachReservationSource { name, reply })
-            .await
-            .map_err(|e| anyhow::anyhow!("attaching the reservation source: {e}"))?;
-        Ok(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(self.interval);
-            // The last refusal, so a snapshot refused on every refresh warns once.
-            let mut last_refusal: Option<String> = None;
-            // A slow fetch delays the next one rather than stacking them up.
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if !self.refresher.refresh(unix_now()).await.fresh {
-                    continue;
-                }
-                let Some(snapshot) = self.refresher.status().snapshot else {
-                    continue;
-                };
-                let streaming = self.streaming;
+        let mut ticker = tokio::time::interval(self.interval);
+        // A slow fetch delays the next one rather than stacking them up.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut attached_term = 0;
+        // The last refusal, so a snapshot refused on every refresh warns once.
+        let mut last_refusal: Option<String> = None;
+        loop {
+            let Some(driver) = leadership.leading().await else {
+                return; // the replica stopped
+            };
+            let term = leadership.term();
+            if term != attached_term {
+                let name = name.clone();
                 match driver
-                    .call(|reply| Request::CapacitySnapshot {
-                        snapshot,
-                        streaming,
-                        reply,
-                    })
+                    .call(|reply| Request::AttachReservationSource { name, reply })
                     .await
                 {
-                    Ok(n) => {
-                        if n > 0 {
-                            tracing::info!(n_inputs = n, "reservation source: market updated");
-                        }
-                        last_refusal = None;
-                    }
-                    Err(crate::error::ApiError::Unavailable(_)) => return,
+                    Ok(()) => attached_term = term,
                     Err(e) => {
-                        let message = e.to_string();
-                        if last_refusal.as_ref() != Some(&message) {
-                            tracing::warn!(error = %message, "reservation source: snapshot refused");
-                        } else {
-                            tracing::debug!(error = %message, "reservation source: snapshot still refused");
-                        }
-                        last_refusal = Some(message);
+                        tracing::warn!(error = %e, "attaching the reservation source; retrying");
+                        ticker.tick().await;
+                        continue;
                     }
                 }
             }
-        }))
+            ticker.tick().await;
+            if !self.refresher.refresh(unix_now()).await.fresh {
+                continue;
+            }
+            let Some(snapshot) = self.refresher.status().snapshot else {
+                continue;
+            };
+            let streaming = self.streaming;
+            let Ok(driver) = leadership.driver() else {
+                continue;
+            };
+            match driver
+                .call(|reply| Request::CapacitySnapshot {
+                    snapshot,
+                    streaming,
+                    reply,
+                })
+                .await
+            {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(n_inputs = n, "reservation source: market updated");
+                    }
+                    last_refusal = None;
+                }
+                Err(crate::error::ApiError::Unavailable(_)) => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    if last_refusal.as_ref() != Some(&message) {
+                        tracing::warn!(error = %message, "reservation source: snapshot refused");
+                    } else {
+                        tracing::debug!(error = %message, "reservation source: snapshot still refused");
+                    }
+                    last_refusal = Some(message);
+                }
+            }
+        }
     }
 }

@@ -35,7 +35,7 @@ pub struct Cli {
 }
 
 /// Top-level commands.
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (gRPC on 127.0.0.1:7600; metrics and the finance dashboard on 127.0.0.1:7601).
     Server(ServerArgs),
@@ -90,7 +90,7 @@ pub enum Command {
 }
 
 /// `ebb report ...` (finance or admin token).
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum ReportCommand {
     /// Reserved vs streaming vs batch vs idle IE-hours, utilization %, idle
     /// cost and savings, per pool, region, family or team.
@@ -101,7 +101,7 @@ pub enum ReportCommand {
 }
 
 /// `ebb report` flags.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ReportArgs {
     /// Range start (RFC 3339, e.g. 2026-12-01T00:00:00Z); default: 24 h before the end.
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
@@ -134,7 +134,7 @@ pub enum ReportBy {
 }
 
 /// `ebb server` flags; each overrides the config file and has an `EBB_*` variable.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ServerArgs {
     /// TOML configuration file (unknown keys are errors).
     #[arg(long, env = "EBB_CONFIG")]
@@ -179,7 +179,7 @@ pub enum LogFormat {
 }
 
 /// `ebb demand ...`
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum DemandCommand {
     /// The IE streaming uses in a pool now; supply shrinks (and batch work
     /// is reclaimed) or grows at the next round.
@@ -206,7 +206,9 @@ pub enum DemandCommand {
 /// Where the server is and who we are.
 #[derive(Clone, Debug, Args)]
 pub struct Conn {
-    /// Server address.
+    /// Server address; with several replicas, any of them or all,
+    /// comma-separated (`http://a:7600,http://b:7600`): a follower's answer
+    /// names the leader and the command is sent there.
     #[arg(
         long,
         env = "EBB_ADDR",
@@ -223,7 +225,7 @@ pub struct Conn {
 }
 
 /// `ebb job ...`
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum JobCommand {
     /// Submit a job file (YAML or JSON), checked here with the server's rules first.
     Submit {
@@ -311,7 +313,7 @@ pub enum JobCommand {
 }
 
 /// `ebb ledger` flags.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct LedgerArgs {
     #[command(flatten)]
     /// Where the server is.
@@ -487,11 +489,155 @@ impl CliError {
     }
 }
 
-/// Runs a client command; returns the process exit code.
-pub async fn run_client(command: Command) -> Result<i32, CliError> {
+impl Command {
+    fn conn_mut(&mut self) -> Option<&mut Conn> {
+        match self {
+            Command::Server(_) => None,
+            Command::Job { conn, .. }
+            | Command::Capacity { conn, .. }
+            | Command::Price { conn, .. }
+            | Command::Demand { conn, .. }
+            | Command::Report { conn, .. }
+            | Command::Ledger(LedgerArgs { conn, .. }) => Some(conn),
+        }
+    }
+}
+
+/// How long a command keeps trying while no replica answers as leader (a
+/// takeover after a leader failure takes a lease TTL plus the rebuild).
+const FAILOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// Redirects followed for one command, at most (a leader that changes
+/// while the command follows it).
+const MAX_REDIRECTS: usize = 5;
+
+/// Why an attempt may be tried again, and where.
+enum Retry {
+    /// A follower named the leader.
+    Leader(String),
+    /// No leader now, or this replica is unreachable: try the next address
+    /// after a pause.
+    Elsewhere(String),
+}
+
+/// What a failed attempt means for the next one. Every command is safe to
+/// repeat: a follower refuses before acting, a refused connection carried
+/// nothing, and a submission whose answer was lost is repeated with the
+/// same idempotency key (see `run_client`); cancelling and reporting are
+/// idempotent.
+fn retry_for(e: &CliError) -> Option<Retry> {
+    match e {
+        CliError::Status(s) => {
+            if let Some(leader) = ebb_proto::leader_hint(s) {
+                return Some(Retry::Leader(leader));
+            }
+            replica_gone(s).then(|| Retry::Elsewhere(s.message().to_owned()))
+        }
+        CliError::Other(e) => format!("{e:#}")
+            .starts_with("connecting to")
+            .then(|| Retry::Elsewhere(format!("{e:#}"))),
+        CliError::Invalid(_) => None,
+    }
+}
+
+/// True if a status says the replica is not serving (gone, stopping, a
+/// follower with no leader yet, or the connection broke), so another
+/// attempt may succeed; false for the server's own answers, including its
+/// `UNAVAILABLE` ones about something else (an executor that is not
+/// connected for `job logs`).
+fn replica_gone(s: &Status) -> bool {
+    const SERVER: [&str; 3] = [
+        "no leader is elected yet",
+        "the scheduler is shutting down",
+        "the scheduler is not running on this replica",
+    ];
+    const TRANSPORT: [&str; 7] = [
+        "transport error",
+        "tcp connect error",
+        "error trying to connect",
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "h2 protocol error",
+    ];
+    let message = s.message().to_lowercase();
+    match s.code() {
+        tonic::Code::Unavailable => {
+            SERVER.iter().any(|w| message.contains(w))
+                || TRANSPORT.iter().any(|w| message.contains(w))
+        }
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
+            TRANSPORT.iter().any(|w| message.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// Runs a client command; returns the process exit code. With several
+/// server addresses, or when a follower answers, the command goes to the
+/// leader (and waits out a takeover, up to [`FAILOVER_WAIT`]).
+pub async fn run_client(mut command: Command) -> Result<i32, CliError> {
+    // One idempotency key for every attempt of a submission without one,
+    // so a retry after a lost answer returns the job the first attempt
+    // created rather than a second job.
+    let auto_id = format!("ebb-cli-{:016x}", rand::random::<u64>());
+    let addresses: Vec<String> = match command.conn_mut() {
+        Some(c) => c
+            .addr
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        None => return run_once(command, &auto_id).await,
+    };
+    if addresses.is_empty() {
+        return Err(anyhow::anyhow!("--addr names no server").into());
+    }
+    let deadline = std::time::Instant::now() + FAILOVER_WAIT;
+    let mut next = 0;
+    let mut addr = addresses[0].clone();
+    let mut redirects = 0;
+    loop {
+        let mut attempt = command.clone();
+        if let Some(c) = attempt.conn_mut() {
+            c.addr.clone_from(&addr);
+        }
+        let err = match run_once(attempt, &auto_id).await {
+            Err(e) => e,
+            ok => return ok,
+        };
+        match retry_for(&err) {
+            Some(Retry::Leader(leader)) if redirects < MAX_REDIRECTS && leader != addr => {
+                eprintln!("note: {addr} is a follower; sending to the leader at {leader}");
+                redirects += 1;
+                addr = leader;
+            }
+            Some(Retry::Elsewhere(why)) | Some(Retry::Leader(why))
+                if std::time::Instant::now() < deadline =>
+            {
+                next = (next + 1) % addresses.len();
+                eprintln!(
+                    "note: {addr}: {why}; retrying{}",
+                    if addresses.len() > 1 {
+                        format!(" with {}", addresses[next])
+                    } else {
+                        String::new()
+                    }
+                );
+                addr = addresses[next].clone();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
+/// One attempt; `auto_id` is the idempotency key of a submission that has
+/// none of its own.
+async fn run_once(command: Command, auto_id: &str) -> Result<i32, CliError> {
     match command {
         Command::Server(_) => unreachable!("handled by main"),
-        Command::Job { conn, command } => job(&conn, command).await,
+        Command::Job { conn, command } => job(&conn, command, auto_id).await,
         Command::Capacity { conn, format } => {
             let mut m = market_client(&conn).await?;
             let resp = m.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
@@ -595,13 +741,15 @@ pub async fn run_client(command: Command) -> Result<i32, CliError> {
     }
 }
 
-async fn job(conn: &Conn, command: JobCommand) -> Result<i32, CliError> {
+async fn job(conn: &Conn, command: JobCommand, auto_id: &str) -> Result<i32, CliError> {
     match command {
         JobCommand::Submit { file, request_id } => {
             let f = jobfile::read(&file)?;
             let mut req = f.to_request().map_err(CliError::Invalid)?;
-            if let Some(id) = request_id {
-                req.request_id = id;
+            match request_id {
+                Some(id) => req.request_id = id,
+                None if req.request_id.is_empty() => req.request_id = auto_id.to_owned(),
+                None => {}
             }
             crate::validate::create_job(&req, &crate::validate::Limits::builtin())
                 .map_err(CliError::Invalid)?;
@@ -857,5 +1005,44 @@ fn state_wire(s: StateArg) -> pb::TaskState {
         StateArg::Completed => pb::TaskState::Completed,
         StateArg::Failed => pb::TaskState::Failed,
         StateArg::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ApiError;
+
+    #[test]
+    fn only_a_replica_that_is_not_serving_is_retried_elsewhere() {
+        // From the server's own errors, so a reworded message breaks this.
+        let retried: Vec<Status> = vec![
+            ApiError::NotLeader { leader: None }.into(),
+            ApiError::Unavailable("the scheduler is shutting down".into()).into(),
+            Status::unavailable("tcp connect error: Connection refused (os error 111)"),
+            Status::unknown("transport error"),
+            Status::unavailable("error trying to connect: connection reset by peer"),
+        ];
+        for s in &retried {
+            assert!(replica_gone(s), "{s:?}");
+        }
+        let final_: Vec<Status> = vec![
+            ApiError::Unavailable("executor h1 of run 1/0/1 is not connected".into()).into(),
+            ApiError::Unavailable("executor h1 disconnected".into()).into(),
+            ApiError::NotFound("job 9".into()).into(),
+            Status::internal("replaying record 3 failed"),
+        ];
+        for s in &final_ {
+            assert!(!replica_gone(s), "{s:?}");
+        }
+        // A follower that names the leader is followed, whatever else.
+        let named: Status = ApiError::NotLeader {
+            leader: Some("http://10.0.0.2:7600".into()),
+        }
+        .into();
+        assert!(matches!(
+            retry_for(&CliError::Status(named)),
+            Some(Retry::Leader(l)) if l == "http://10.0.0.2:7600"
+        ));
     }
 }

@@ -19,7 +19,18 @@
 //! round's plan is on disk before it is committed, and the commit uses the
 //! plan *decoded from the stored bytes*, so replaying the log commits
 //! exactly what the live server committed. A store failure stops the
-//! driver (the core would be ahead of the disk).
+//! driver (the core would be ahead of the disk), except an unreachable
+//! store ([`StoreError::Unavailable`]): the driver then retries the same
+//! batch (every append is idempotent) with back-off, acknowledging nothing
+//! and planning no round until it is durable.
+//!
+//! **Leadership.** With etcd, the driver runs only while its replica leads
+//! ([`crate::ha`]). Its writes are fenced; the `deposed` flag (set when the
+//! lease is lost) or a fenced write refused ([`StoreError::Deposed`]) stops
+//! it at once, and dropping it closes executor and watch streams so that
+//! clients move to the new leader. After a (re)start it waits up to
+//! `ha.reconcile_window` for the hosts it knows to re-attach and report
+//! their runs before it plans a round.
 //!
 //! **Executors.** Each host has a slot: its stream (if attached), an outbox
 //! for commands while it is not, and its last-seen time. Registration
@@ -319,6 +330,9 @@ pub struct DriverHandle {
     pub alive: Arc<AtomicBool>,
     /// The driver's clock origin for executor last-seen times.
     pub started: Instant,
+    /// True while the store is unreachable: answers come from memory and
+    /// may include changes not yet durable.
+    pub store_stale: Arc<AtomicBool>,
 }
 
 impl DriverHandle {
@@ -359,16 +373,20 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Replays the store and starts the driver thread.
+/// `deposed` stops the driver when set (the replica lost its lease).
 pub fn start(
     config: &Config,
     store: Box<dyn Store>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    deposed: Arc<AtomicBool>,
 ) -> anyhow::Result<(DriverHandle, std::thread::JoinHandle<anyhow::Result<()>>)> {
-    let driver = Driver::load(config, store, metrics)?;
+    let mut driver = Driver::load(config, store, metrics)?;
+    driver.deposed = deposed;
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let handle = DriverHandle {
         tx,
+        store_stale: driver.store_stale.clone(),
         hub: driver.hub.clone(),
         limits: Arc::new(Limits::from_catalog(driver.core.catalog())),
         alive: Arc::new(AtomicBool::new(true)),
@@ -386,6 +404,24 @@ pub fn start(
             r
         })?;
     Ok((handle, thread))
+}
+
+impl Request {
+    /// True for requests that only read the core (answered from memory,
+    /// marked stale, while the store is unreachable).
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Request::GetJob { .. }
+                | Request::ListJobs { .. }
+                | Request::ListTasks { .. }
+                | Request::Explain { .. }
+                | Request::Pools { .. }
+                | Request::GetForecast { .. }
+                | Request::Reservations { .. }
+                | Request::PoolTotals { .. }
+        )
+    }
 }
 
 /// A host's executor slot.
@@ -452,6 +488,19 @@ pub(crate) struct Driver {
     /// Ledger samples before this (ms) are already down-sampled.
     thinned_until: u64,
     replaying: bool,
+    /// Set by the replica when its lease is lost: stop now.
+    deposed: Arc<AtomicBool>,
+    /// True while a batch waits for an unreachable store (shared with the
+    /// services, which mark their answers stale meanwhile).
+    store_stale: Arc<AtomicBool>,
+    /// The request channel (taken by `run`).
+    rx: Option<mpsc::Receiver<Request>>,
+    /// Requests that change state, received while the store was
+    /// unreachable: handled, in order, once it is back.
+    deferred: std::collections::VecDeque<Request>,
+    /// Until then (or until every known host is attached), no round is
+    /// planned: hosts from before a restart or takeover report their runs.
+    reconciling_until: Option<Instant>,
 }
 
 impl Driver {
@@ -521,6 +570,11 @@ impl Driver {
             last_sample_ms: 0,
             thinned_until: 0,
             replaying: true,
+            deposed: Arc::new(AtomicBool::new(false)),
+            store_stale: Arc::new(AtomicBool::new(false)),
+            rx: None,
+            deferred: std::collections::VecDeque::new(),
+            reconciling_until: None,
         };
         for (id, bytes) in &loaded.jobs {
             let x: JobExtras = records::decode(bytes)
@@ -559,6 +613,9 @@ impl Driver {
                     detached_at: now,
                 },
             );
+        }
+        if !d.slots.is_empty() {
+            d.reconciling_until = Some(now + config.ha.reconcile_window);
         }
         tracing::info!(
             snapshot = loaded.snapshot.as_ref().map(|(s, _)| *s),
@@ -603,9 +660,10 @@ impl Driver {
 
     fn run(
         mut self,
-        mut rx: mpsc::Receiver<Request>,
+        rx: mpsc::Receiver<Request>,
         rt: tokio::runtime::Handle,
     ) -> anyhow::Result<()> {
+        self.rx = Some(rx);
         self.configure_pools()?;
         if self.store.first_sample()?.is_none() {
             self.take_sample();
@@ -613,8 +671,16 @@ impl Driver {
         self.update_gauges();
         self.flush()?;
         loop {
+            self.check_deposed()?;
             let wait = self.next_wakeup();
-            let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            // Requests deferred while the store was unreachable come first.
+            let first = match self.deferred.pop_front() {
+                Some(r) => Ok(Some(r)),
+                None => {
+                    let rx = self.rx.as_mut().expect("set above");
+                    rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                }
+            };
             let mut shutdown = None;
             match first {
                 Ok(Some(Request::Shutdown { reply })) => shutdown = Some(reply),
@@ -624,7 +690,11 @@ impl Driver {
             }
             let mut n = 1;
             while shutdown.is_none() && n < self.config.rounds.max_inputs_per_batch {
-                match rx.try_recv() {
+                let next = match self.deferred.pop_front() {
+                    Some(r) => Ok(r),
+                    None => self.rx.as_mut().expect("set above").try_recv(),
+                };
+                match next {
                     Ok(Request::Shutdown { reply }) => shutdown = Some(reply),
                     Ok(r) => self.handle(r),
                     Err(_) => break,
@@ -649,6 +719,73 @@ impl Driver {
             }
         }
         self.stop()
+    }
+
+    /// Fails with [`StoreError::Deposed`] once the replica lost its lease.
+    fn check_deposed(&self) -> Result<(), StoreError> {
+        if self.deposed.load(Ordering::SeqCst) {
+            return Err(StoreError::Deposed(
+                "the replica's etcd lease was lost; stopped scheduling".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For `wait`, while a batch waits for the store: answers read-only
+    /// requests at once from memory (the services mark them stale: they may
+    /// show changes not yet durable, which nobody was told about) and defers
+    /// every other request until the store is back. True if a shutdown was
+    /// asked for.
+    fn serve_reads_while_down(&mut self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        loop {
+            let next = self.rx.as_mut().map(|rx| rx.try_recv());
+            match next {
+                Some(Ok(r)) if r.is_read() => {
+                    let held = self.replies.len();
+                    self.handle(r);
+                    for reply in self.replies.drain(held..).collect::<Vec<_>>() {
+                        reply();
+                    }
+                }
+                Some(Ok(r)) => {
+                    let shutdown = matches!(r, Request::Shutdown { .. });
+                    self.deferred.push_back(r);
+                    if shutdown {
+                        return true;
+                    }
+                }
+                _ => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(5)));
+                }
+            }
+        }
+    }
+
+    /// True while hosts from before a restart or takeover may still
+    /// re-attach and report their runs (no round is planned meanwhile).
+    fn reconciling(&mut self) -> bool {
+        let Some(until) = self.reconciling_until else {
+            return false;
+        };
+        let missing = self.slots.values().filter(|s| s.conn.is_none()).count();
+        if missing > 0 && Instant::now() < until {
+            return true;
+        }
+        self.reconciling_until = None;
+        if missing > 0 {
+            tracing::warn!(
+                n_missing = missing,
+                "reconciliation window over: planning without the hosts that have not re-attached"
+            );
+        } else {
+            tracing::info!("every known host re-attached: planning rounds");
+        }
+        false
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {
@@ -959,14 +1096,50 @@ impl Driver {
         }
     }
 
-    /// Makes the open batch durable, then releases what it caused.
+    /// Makes the open batch durable, then releases what it caused. While
+    /// the store is unreachable it retries the same batch (appends are
+    /// idempotent), with back-off, until it is durable or the replica is
+    /// deposed; nothing is acknowledged meanwhile.
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.check_deposed()?;
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             let n = batch.records.len() as u64;
             let bytes = batch.record_bytes() as u64;
             let t = Instant::now();
-            self.store.append(batch)?;
+            let mut backoff = Duration::from_millis(50);
+            let mut down_since: Option<Instant> = None;
+            loop {
+                match self.store.append(&batch) {
+                    Ok(()) => break,
+                    Err(StoreError::Unavailable(e)) => {
+                        self.check_deposed()?;
+                        if down_since.is_none() {
+                            tracing::warn!(error = %e, "store unreachable: writes and rounds wait; nothing is acknowledged until it is back; reads are answered from memory, marked stale");
+                            self.metrics.store_unavailable.set(1);
+                            self.store_stale.store(true, Ordering::SeqCst);
+                            down_since = Some(Instant::now());
+                        }
+                        if self.serve_reads_while_down(backoff) {
+                            // Shutting down while the store is unreachable:
+                            // what is not durable is not acknowledged.
+                            return Err(StoreError::Unavailable(format!(
+                                "shut down while the store was unreachable ({e}); the last batch was not acknowledged"
+                            )));
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(since) = down_since {
+                self.metrics.store_unavailable.set(0);
+                self.store_stale.store(false, Ordering::SeqCst);
+                tracing::info!(
+                    ms = since.elapsed().as_millis() as u64,
+                    "store reachable again: the waiting batch is durable"
+                );
+            }
             self.metrics
                 .store_write_seconds
                 .observe(t.elapsed().as_secs_f64());
@@ -999,7 +1172,10 @@ impl Driver {
 
     // -------------------------------------------------------- rounds
 
-    fn round_due(&self) -> bool {
+    fn round_due(&mut self) -> bool {
+        if self.reconciling() {
+            return false;
+        }
         if self.last_round.elapsed() < self.config.rounds.interval {
             return false;
         }
@@ -1102,7 +1278,15 @@ impl Driver {
         };
         let bytes = records::encode(&file);
         drop(file);
-        self.store.write_snapshot(self.seq, &bytes)?;
+        match self.store.write_snapshot(self.seq, &bytes) {
+            Ok(()) => {}
+            // The log still holds everything: try again at the next round.
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "snapshot not written (store unreachable); retrying later");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.records_since_snapshot = 0;
         self.bytes_since_snapshot = 0;
         self.metrics.snapshots.inc();
@@ -1301,6 +1485,24 @@ impl Driver {
     }
 }
 
+impl Drop for Driver {
+    /// However the driver ends (shutdown, deposed, failed), its executor
+    /// and watch streams end with it, so executors and watchers reconnect
+    /// (to the new leader, after a takeover) instead of waiting on a driver
+    /// that is gone. Replies not yet sent are dropped: their callers see
+    /// `UNAVAILABLE`, never an acknowledgement of something not durable.
+    fn drop(&mut self) {
+        for slot in self.slots.values_mut() {
+            if let Some(conn) = slot.conn.take() {
+                let _ = conn.tx.send(Err(Status::unavailable(
+                    "the scheduler on this replica stopped; reconnect (to the leader)",
+                )));
+            }
+        }
+        self.hub.close();
+    }
+}
+
 fn record_kind(r: &Record) -> &'static str {
     match r {
         Record::JobSubmitted { .. } => "job_submitted",
@@ -1446,7 +1648,8 @@ mod tests {
                 jobs: m.jobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
             })
         }
-        fn append(&mut self, b: Batch) -> Result<(), StoreError> {
+        fn append(&mut self, b: &Batch) -> Result<(), StoreError> {
+            let b = b.clone();
             let mut m = self.0.lock().unwrap();
             m.log.extend(b.records);
             m.jobs.extend(b.put_jobs);

@@ -6,7 +6,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use ebb_proto::v1 as pb;
 use ebb_proto::v1::executor_service_server::ExecutorService;
@@ -16,33 +15,28 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::principal;
-use crate::driver::{DriverHandle, ExecConn, Request as D};
+use crate::driver::{ExecConn, Request as D};
 use crate::error::ApiError;
+use crate::ha::Leadership;
 use crate::validate;
 
 /// The executor service.
 #[derive(Clone)]
 pub struct Executors {
-    driver: DriverHandle,
+    role: Leadership,
     /// Stream ids, unique for the server's life.
     next_conn: Arc<AtomicU64>,
-    /// The driver's clock origin for last-seen times.
-    started: Instant,
     /// How long the first message may take.
     register_timeout: std::time::Duration,
 }
 
 impl Executors {
-    /// Over a driver; `register_timeout` bounds the wait for `register`.
-    pub fn new(
-        driver: DriverHandle,
-        started: Instant,
-        register_timeout: std::time::Duration,
-    ) -> Self {
+    /// Over the replica's driver (a follower redirects executors to the
+    /// leader); `register_timeout` bounds the wait for `register`.
+    pub fn new(role: Leadership, register_timeout: std::time::Duration) -> Self {
         Executors {
-            driver,
+            role,
             next_conn: Arc::new(AtomicU64::new(1)),
-            started,
             register_timeout,
         }
     }
@@ -59,6 +53,9 @@ impl ExecutorService for Executors {
         req: Request<Streaming<pb::ExecutorMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         principal(&req)?.check_executor()?;
+        // A follower says so before reading anything: the executor goes to
+        // the leader. The driver of this term owns the stream to its end.
+        let driver = self.role.driver()?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(self.register_timeout, inbound.message())
             .await
@@ -79,7 +76,8 @@ impl ExecutorService for Executors {
         let host_id = host.host_id.clone();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let last_seen = Arc::new(AtomicU64::new(self.started.elapsed().as_millis() as u64));
+        let started = driver.started;
+        let last_seen = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
         let (close, mut closed) = tokio::sync::oneshot::channel::<()>();
         let conn = ExecConn {
             id,
@@ -87,7 +85,7 @@ impl ExecutorService for Executors {
             last_seen_ms: last_seen.clone(),
             close,
         };
-        self.driver
+        driver
             .call(|reply| D::Attach {
                 host,
                 runs: reg.runs,
@@ -95,8 +93,6 @@ impl ExecutorService for Executors {
                 reply,
             })
             .await?;
-        let driver = self.driver.clone();
-        let started = self.started;
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {

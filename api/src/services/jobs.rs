@@ -11,20 +11,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Principal, principal};
-use crate::driver::{DriverHandle, Request as D, WatchStart};
+use crate::driver::{Request as D, WatchStart};
 use crate::error::ApiError;
+use crate::ha::Leadership;
 use crate::validate;
 
 /// The job service.
 #[derive(Clone)]
 pub struct Jobs {
-    driver: DriverHandle,
+    role: Leadership,
 }
 
 impl Jobs {
-    /// Over a driver.
-    pub fn new(driver: DriverHandle) -> Self {
-        Jobs { driver }
+    /// Over the replica's driver (a follower redirects to the leader).
+    pub fn new(role: Leadership) -> Self {
+        Jobs { role }
     }
 }
 
@@ -42,9 +43,11 @@ impl JobService for Jobs {
         let p = principal(&req)?;
         p.check_jobs("create")?;
         let req = req.into_inner();
-        validate::create_job(&req, &self.driver.limits).map_err(ApiError::InvalidArgument)?;
+        validate::create_job(&req, &self.role.driver()?.limits)
+            .map_err(ApiError::InvalidArgument)?;
         let job = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::CreateJob {
                 principal: p,
                 req,
@@ -59,7 +62,8 @@ impl JobService for Jobs {
         p.check_jobs("see")?;
         let job = req.into_inner().job_id;
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::GetJob {
                 principal: p,
                 job,
@@ -80,7 +84,8 @@ impl JobService for Jobs {
             validate::team("team", &req.team).map_err(ApiError::InvalidArgument)?;
         }
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::ListJobs {
                 principal: p,
                 req,
@@ -98,7 +103,8 @@ impl JobService for Jobs {
         p.check_jobs("see")?;
         let req = req.into_inner();
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::ListTasks {
                 principal: p,
                 req,
@@ -118,7 +124,8 @@ impl JobService for Jobs {
         let grace_ms =
             validate::grace("grace", req.grace.as_ref()).map_err(ApiError::InvalidArgument)?;
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::CancelJob {
                 principal: p,
                 job: req.job_id,
@@ -169,7 +176,8 @@ impl JobService for Jobs {
         p.check_jobs("read logs of")?;
         let req = req.into_inner();
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::TaskLogs {
                 principal: p,
                 req,
@@ -187,7 +195,8 @@ impl JobService for Jobs {
         p.check_jobs("see")?;
         let req = req.into_inner();
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::Explain {
                 principal: p,
                 req,
@@ -206,7 +215,8 @@ impl Jobs {
         team: &Option<String>,
     ) -> Result<WatchStart, ApiError> {
         let (p, team) = (p.clone(), team.clone());
-        self.driver
+        self.role
+            .driver()?
             .call(|reply| D::Watch {
                 principal: p,
                 job,
@@ -226,7 +236,7 @@ impl Jobs {
         after: Option<u64>,
     ) -> Result<WatchStream, Status> {
         let start = self.start(&p, job, &team).await?;
-        let hub = self.driver.hub.clone();
+        let hub = self.role.driver()?.hub.clone();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let resumable = after.is_some_and(|c| c <= start.cursor && hub.can_resume(c));
         let mut cursor = match after {

@@ -9,22 +9,23 @@ use tonic::{Request, Response, Status};
 use crate::auth::principal;
 use crate::capacity::CapacityStatus;
 use crate::convert;
-use crate::driver::{DriverHandle, Request as D};
+use crate::driver::Request as D;
 use crate::error::ApiError;
+use crate::ha::Leadership;
 use crate::validate;
 
 /// The market service.
 #[derive(Clone)]
 pub struct Market {
-    driver: DriverHandle,
+    role: Leadership,
     /// The reservation source's health, if one is configured.
     capacity: Option<watch::Receiver<CapacityStatus>>,
 }
 
 impl Market {
-    /// Over a driver, with the reservation source's status if configured.
-    pub fn new(driver: DriverHandle, capacity: Option<watch::Receiver<CapacityStatus>>) -> Self {
-        Market { driver, capacity }
+    /// Over the replica's driver, with the reservation source's status if configured.
+    pub fn new(role: Leadership, capacity: Option<watch::Receiver<CapacityStatus>>) -> Self {
+        Market { role, capacity }
     }
 
     fn source(&self) -> Option<pb::CapacitySource> {
@@ -75,7 +76,7 @@ impl MarketService for Market {
         req: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
         principal(&req)?.check_market_read()?;
-        let pools = self.driver.call(|reply| D::Pools { reply }).await?;
+        let pools = self.role.driver()?.call(|reply| D::Pools { reply }).await?;
         Ok(Response::new(pb::ListPoolsResponse {
             pools,
             source: self.source(),
@@ -90,7 +91,8 @@ impl MarketService for Market {
         let req = req.into_inner();
         non_empty("pool", &req.pool)?;
         let pool = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::StreamingDemand {
                 pool: req.pool,
                 demand_micro_ie: req.demand_micro_ie,
@@ -121,7 +123,8 @@ impl MarketService for Market {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::from)?;
-        self.driver
+        self.role
+            .driver()?
             .call(|reply| D::Forecast {
                 pool: req.pool,
                 points,
@@ -139,7 +142,8 @@ impl MarketService for Market {
         let pool = req.into_inner().pool;
         non_empty("pool", &pool)?;
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::GetForecast { pool, reply })
             .await?;
         Ok(Response::new(out))
@@ -152,7 +156,8 @@ impl MarketService for Market {
         principal(&req)?.check_market_report()?;
         let req = req.into_inner();
         non_empty("region", &req.region)?;
-        self.driver
+        self.role
+            .driver()?
             .call(|reply| D::Failover {
                 region: req.region,
                 active: req.active,
@@ -167,7 +172,11 @@ impl MarketService for Market {
         req: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
         principal(&req)?.check_market_read()?;
-        let out = self.driver.call(|reply| D::Reservations { reply }).await?;
+        let out = self
+            .role
+            .driver()?
+            .call(|reply| D::Reservations { reply })
+            .await?;
         Ok(Response::new(out))
     }
 
@@ -179,7 +188,8 @@ impl MarketService for Market {
         let req = req.into_inner();
         non_empty("pool", &req.pool)?;
         let pool = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::SetReservations { req, reply })
             .await?;
         Ok(Response::new(pb::SetReservationsResponse {
@@ -196,7 +206,8 @@ impl MarketService for Market {
         let req = req.into_inner();
         let (start, end) = range(req.start_time.as_ref(), req.end_time.as_ref())?;
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::Ledger {
                 principal: p,
                 start,
@@ -215,7 +226,8 @@ impl MarketService for Market {
         let req = req.into_inner();
         let (start, end) = range(req.start_time.as_ref(), req.end_time.as_ref())?;
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::PoolTotals { start, end, reply })
             .await?;
         Ok(Response::new(out))
@@ -234,7 +246,8 @@ impl MarketService for Market {
             .checked_mul(1000)
             .ok_or_else(|| ApiError::field("step_seconds", "is too large"))?;
         let out = self
-            .driver
+            .role
+            .driver()?
             .call(|reply| D::Utilization {
                 start,
                 end,

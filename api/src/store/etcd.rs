@@ -49,14 +49,30 @@
 //! `Handle::block_on` panics. So the store owns a one-worker tokio runtime
 //! and waits for its futures over a std channel, which works from any thread.
 //!
-//! Single writer: the driver. Leader election and fenced writes (every
-//! transaction conditional on the election key) come next.
+//! ## Fencing
+//! With [`EtcdOptions::fence`] set (as `ebb server` always does: see
+//! [`crate::ha`]), every transaction this store sends is conditional on the
+//! replica's election key still existing with the create revision it had
+//! when the replica won. The key is attached to the replica's lease, so
+//! once the lease expires (a crash, a long pause, a partition) and another
+//! replica takes over, every later write of the old leader fails that
+//! compare and returns [`StoreError::Deposed`]: a deposed leader that wakes
+//! up cannot commit anything, whatever its clock says.
+//!
+//! ## Retries
+//! A request that fails for a reason that may pass (etcd unreachable, a
+//! timeout, etcd electing its own leader) is [`StoreError::Unavailable`].
+//! Its outcome is unknown, so every write is safe to repeat: puts and range
+//! deletes are idempotent, a staged batch first finishes or discards the
+//! previous attempt's, and a snapshot re-reads which generation is current.
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, SortOrder,
-    SortTarget, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    KvClient, SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +117,68 @@ pub struct EtcdOptions {
     pub max_txn_bytes: usize,
     /// Largest value part.
     pub part_bytes: usize,
+    /// Make every write conditional on this election key (see the module
+    /// doc); `None` for tools and tests that open the store on their own.
+    pub fence: Option<Fence>,
+    /// Connection security and credentials.
+    pub access: EtcdAccess,
+}
+
+/// The election key a leader's writes are conditional on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The key etcd's election API created for this replica.
+    pub key: Vec<u8>,
+    /// Its create revision: a key of the same name created later (a new
+    /// campaign) does not match.
+    pub revision: i64,
+}
+
+/// How to authenticate to etcd (all optional).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    /// CA certificate (PEM) to verify etcd's TLS certificate; set it to use
+    /// `https://` endpoints.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM), for etcd's `--client-cert-auth`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd user name and password (etcd's `auth enable`).
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdAccess {
+    /// The client's connection options with these credentials.
+    pub fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        if let Some((user, password)) = &self.user {
+            o = o.with_user(user.clone(), password.clone());
+        }
+        if self.ca_cert.is_some() || self.client_cert.is_some() {
+            // With the `ec2` feature rustls has two providers and must be
+            // told which (see `install_crypto_provider`).
+            crate::server::install_crypto_provider();
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.ca_cert {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    StoreError::Backend(format!("store.etcd_ca_cert {}: {e}", ca.display()))
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = &self.client_cert {
+                let c = std::fs::read(cert).map_err(|e| {
+                    StoreError::Backend(format!("store.etcd_client_cert {}: {e}", cert.display()))
+                })?;
+                let k = std::fs::read(key).map_err(|e| {
+                    StoreError::Backend(format!("store.etcd_client_key {}: {e}", key.display()))
+                })?;
+                tls = tls.identity(Identity::from_pem(c, k));
+            }
+            o = o.with_tls(tls);
+        }
+        Ok(o)
+    }
 }
 
 impl EtcdOptions {
@@ -112,6 +190,8 @@ impl EtcdOptions {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
             part_bytes: DEFAULT_PART_BYTES,
+            fence: None,
+            access: EtcdAccess::default(),
         }
     }
 }
@@ -172,6 +252,34 @@ fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd {what}: {e}"))
 }
 
+/// An etcd client error: [`StoreError::Unavailable`] where retrying may
+/// succeed (no connection, a timeout, etcd between leaders), otherwise
+/// [`StoreError::Backend`] (a refused request, bad credentials).
+pub fn rpc_error(what: &str, e: etcd_client::Error) -> StoreError {
+    use tonic::Code;
+    let transient = match &e {
+        etcd_client::Error::GRpcStatus(s) => !matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::ResourceExhausted
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::Unimplemented
+                | Code::NotFound
+                | Code::AlreadyExists
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(format!("etcd {what}: {e}"))
+    } else {
+        backend(what, e)
+    }
+}
+
 /// The first key after every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -209,18 +317,11 @@ impl EtcdStore {
             .build()
             .map_err(|e| backend("runtime", e))?;
         let endpoints = opts.endpoints.clone();
+        let connect = opts.access.connect_options()?;
         let client = wait(&rt, async move {
-            Client::connect(
-                endpoints,
-                Some(
-                    ConnectOptions::new()
-                        .with_connect_timeout(CONNECT_TIMEOUT)
-                        .with_timeout(REQUEST_TIMEOUT),
-                ),
-            )
-            .await
+            Client::connect(endpoints, Some(connect)).await
         })?
-        .map_err(|e| backend(&format!("connecting to {}", opts.endpoints.join(",")), e))?;
+        .map_err(|e| rpc_error(&format!("connecting to {}", opts.endpoints.join(",")), e))?;
         let kv = client
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -271,7 +372,7 @@ impl EtcdStore {
         let mut kv = self.kv.clone();
         let mut resp = self
             .run(async move { kv.get(key, Some(opts)).await })?
-            .map_err(|e| backend("get", e))?;
+            .map_err(|e| rpc_error("get", e))?;
         Ok(resp
             .take_kvs()
             .into_iter()
@@ -310,16 +411,49 @@ impl EtcdStore {
         }
     }
 
-    /// One transaction; an unacknowledged one is an error.
-    fn txn(&self, ops: Vec<Op>, when: Vec<Compare>) -> Result<bool, StoreError> {
+    /// One transaction, fenced (see the module doc); an unacknowledged one
+    /// is an error. `Ok(false)`: one of `when` did not hold.
+    fn txn(&self, ops: Vec<Op>, mut when: Vec<Compare>) -> Result<bool, StoreError> {
+        let own = !when.is_empty();
+        if let Some(f) = &self.opts.fence {
+            when.insert(
+                0,
+                Compare::create_revision(f.key.clone(), CompareOp::Equal, f.revision),
+            );
+        }
         let mut kv = self.kv.clone();
         let txn = Txn::new()
             .when(when)
             .and_then(ops.into_iter().map(Op::into_txn_op).collect::<Vec<_>>());
         let resp = self
             .run(async move { kv.txn(txn).await })?
-            .map_err(|e| backend("transaction", e))?;
-        Ok(resp.succeeded())
+            .map_err(|e| rpc_error("transaction", e))?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        if let Some(f) = &self.opts.fence
+            && (!own || !self.fence_holds(f)?)
+        {
+            return Err(StoreError::Deposed(format!(
+                "the election key {} (revision {}) is gone: another replica leads; this one wrote nothing",
+                String::from_utf8_lossy(&f.key),
+                f.revision
+            )));
+        }
+        Ok(false)
+    }
+
+    /// True if the fence's election key still exists with its revision.
+    fn fence_holds(&self, f: &Fence) -> Result<bool, StoreError> {
+        let mut kv = self.kv.clone();
+        let key = f.key.clone();
+        let resp = self
+            .run(async move { kv.get(key, None).await })?
+            .map_err(|e| rpc_error("get", e))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == f.revision))
     }
 
     /// Applies `ops` in as few transactions as the limits allow (each
@@ -463,7 +597,7 @@ impl EtcdStore {
     /// The batch as puts and range deletes, none overlapping another (etcd
     /// refuses a transaction that puts and deletes the same key), with the
     /// embedded store's order: puts, then deletes, so a delete wins.
-    fn batch_ops(&self, batch: Batch) -> Result<Vec<Op>, StoreError> {
+    fn batch_ops(&self, batch: &Batch) -> Result<Vec<Op>, StoreError> {
         let mut ops = Vec::new();
         for (seq, bytes) in &batch.records {
             let mut base = self.log_key(*seq);
@@ -471,11 +605,11 @@ impl EtcdStore {
             self.part_ops(&base, bytes, &mut ops);
         }
         let mut jobs = std::collections::BTreeMap::new();
-        for (id, bytes) in batch.put_jobs {
-            jobs.insert(id, Some(bytes));
+        for (id, bytes) in &batch.put_jobs {
+            jobs.insert(*id, Some(bytes.clone()));
         }
-        for id in batch.delete_jobs {
-            jobs.insert(id, None);
+        for id in &batch.delete_jobs {
+            jobs.insert(*id, None);
         }
         for (id, bytes) in jobs {
             let key = self.job_key(id);
@@ -492,11 +626,11 @@ impl EtcdStore {
         }
         let before = batch.delete_samples_before.unwrap_or(0);
         let mut samples = std::collections::BTreeMap::new();
-        for (at, bytes) in batch.put_samples {
-            samples.insert(at, Some(bytes));
+        for (at, bytes) in &batch.put_samples {
+            samples.insert(*at, Some(bytes.clone()));
         }
-        for at in batch.delete_samples {
-            samples.insert(at, None);
+        for at in &batch.delete_samples {
+            samples.insert(*at, None);
         }
         for (at, bytes) in samples {
             if at < before {
@@ -543,7 +677,14 @@ impl EtcdStore {
 
     /// Writes a batch too large for one transaction (see the module doc).
     fn append_staged(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        // A previous attempt (one that failed with an unknown outcome) is
+        // finished if it reached its commit point, discarded if not.
+        self.roll_forward()?;
         let staged = self.key("staged/");
+        self.txn(
+            vec![Op::DeleteRange(staged.clone(), prefix_end(&staged))],
+            vec![],
+        )?;
         let blob = postcard::to_stdvec(&ops).map_err(|e| backend("encoding a batch", e))?;
         let mut puts = Vec::new();
         let n = self.part_ops(&staged, &blob, &mut puts);
@@ -717,7 +858,7 @@ impl Store for EtcdStore {
         })
     }
 
-    fn append(&mut self, batch: Batch) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let ops = self.batch_ops(batch)?;
         if ops.is_empty() {
             return Ok(());
@@ -731,6 +872,10 @@ impl Store for EtcdStore {
     }
 
     fn write_snapshot(&mut self, through: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+        // Re-read the current generation: a previous attempt may have
+        // switched to the next one before failing with an unknown outcome,
+        // and its data must not be taken for leftovers.
+        self.generation = self.current_snapshot()?.map_or(0, |m| m.generation);
         let generation = self.generation + 1;
         let base = self.snapshot_data(generation);
         // Leftovers of a crashed attempt at this generation.
@@ -895,12 +1040,12 @@ mod tests {
         let o = opts("roundtrip");
         {
             let mut s = EtcdStore::open(o.clone()).unwrap();
-            s.append(batch(&[(1, "a"), (2, "b")])).unwrap();
+            s.append(&batch(&[(1, "a"), (2, "b")])).unwrap();
             let mut b = batch(&[(3, "c")]);
             b.put_jobs.push((7, b"job7".to_vec()));
             b.put_samples.push((1000, b"s1".to_vec()));
             b.put_samples.push((2000, b"s2".to_vec()));
-            s.append(b).unwrap();
+            s.append(&b).unwrap();
         }
         let mut s = EtcdStore::open(o.clone()).unwrap();
         let l = s.load().unwrap();
@@ -918,7 +1063,7 @@ mod tests {
         assert_eq!(s.sample_at_or_before(2000).unwrap().unwrap().0, 2000);
         assert_eq!(s.sample_at_or_before(999).unwrap(), None);
         assert_eq!(s.first_sample().unwrap().unwrap().0, 1000);
-        s.append(Batch {
+        s.append(&Batch {
             delete_jobs: vec![7],
             delete_samples_before: Some(1500),
             ..Batch::default()
@@ -929,9 +1074,9 @@ mod tests {
         let mut b = Batch::default();
         b.put_samples.push((3000, b"s3".to_vec()));
         b.put_samples.push((4000, b"s4".to_vec()));
-        s.append(b).unwrap();
+        s.append(&b).unwrap();
         assert_eq!(s.sample_times(2000, 4000).unwrap(), [2000, 3000]);
-        s.append(Batch {
+        s.append(&Batch {
             delete_samples: vec![3000],
             ..Batch::default()
         })
@@ -955,7 +1100,7 @@ mod tests {
     #[test]
     fn a_gap_in_the_log_is_corruption() {
         let mut s = EtcdStore::open(opts("gap")).unwrap();
-        s.append(batch(&[(1, "a"), (3, "c")])).unwrap();
+        s.append(&batch(&[(1, "a"), (3, "c")])).unwrap();
         assert!(matches!(s.load(), Err(StoreError::Corrupt(_))));
     }
 
@@ -977,7 +1122,7 @@ mod tests {
         for id in 1..=300 {
             b.put_jobs.push((id, format!("j{id}").into_bytes()));
         }
-        s.append(b).unwrap();
+        s.append(&b).unwrap();
         drop(s);
         let s = EtcdStore::open(o).unwrap();
         let l = s.load().unwrap();
@@ -993,6 +1138,170 @@ mod tests {
     /// The crash points of a staged batch: before its commit point nothing
     /// of it is visible after a reopen (and its parts are gone); after it,
     /// the reopen finishes it and all of it is visible.
+    /// Puts `key` under a fresh lease, as etcd's election API does for a
+    /// campaign, and returns its fence and the lease.
+    fn elect(s: &EtcdStore, key: &str) -> (Fence, i64) {
+        let mut c = s.client.clone();
+        let key = s.key(key);
+        let k = key.clone();
+        s.run(async move {
+            let lease = c.lease_grant(30, None).await.unwrap().id();
+            c.put(
+                k.clone(),
+                "me",
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
+            let rev = c.get(k.clone(), None).await.unwrap().kvs()[0].create_revision();
+            (
+                Fence {
+                    key: k,
+                    revision: rev,
+                },
+                lease,
+            )
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_fenced_store_writes_nothing_once_its_election_key_is_gone() {
+        let o = opts("fence");
+        let plain = EtcdStore::open(o.clone()).unwrap();
+        let (fence, lease) = elect(&plain, "leader/a");
+        let mut fo = o.clone();
+        fo.fence = Some(fence.clone());
+        let mut leader = EtcdStore::open(fo.clone()).unwrap();
+        leader.append(&batch(&[(1, "a")])).unwrap();
+        leader.write_snapshot(1, b"snap-1").unwrap();
+        // The lease expires (revoked here): the key is gone. Every kind of
+        // write is refused as Deposed, small, staged or snapshot, and
+        // nothing reaches etcd.
+        let mut c = plain.client.clone();
+        plain
+            .run(async move { c.lease_revoke(lease).await.unwrap() })
+            .unwrap();
+        let before = keys(&plain, "");
+        assert!(matches!(
+            leader.append(&batch(&[(2, "b")])),
+            Err(StoreError::Deposed(_))
+        ));
+        let mut large = Batch::default();
+        for seq in 2..=301 {
+            large.records.push((seq, vec![7; 100]));
+        }
+        assert!(matches!(leader.append(&large), Err(StoreError::Deposed(_))));
+        assert!(matches!(
+            leader.write_snapshot(1, b"snap-2"),
+            Err(StoreError::Deposed(_))
+        ));
+        assert_eq!(keys(&plain, ""), before, "a deposed leader wrote nothing");
+        // A new campaign creates the same-named key again, with a later
+        // revision: the old fence still does not match.
+        let (newer, _) = elect(&plain, "leader/a");
+        assert!(newer.revision > fence.revision);
+        assert!(matches!(
+            leader.append(&batch(&[(2, "b")])),
+            Err(StoreError::Deposed(_))
+        ));
+        assert!(keys(&plain, "log/").is_empty(), "record 2 was not written");
+        // Opening fenced on a gone key is refused too (open writes).
+        let mut stale = o.clone();
+        stale.fence = Some(Fence {
+            key: fence.key.clone(),
+            revision: fence.revision,
+        });
+        assert!(matches!(
+            EtcdStore::open(stale),
+            Err(StoreError::Deposed(_))
+        ));
+        // The new leader's fence works, and reads what the old one wrote.
+        let mut no = o;
+        no.fence = Some(newer);
+        let mut new_leader = EtcdStore::open(no).unwrap();
+        new_leader.append(&batch(&[(2, "b")])).unwrap();
+        let l = new_leader.load().unwrap();
+        assert_eq!(l.snapshot, Some((1, b"snap-1".to_vec())));
+        assert_eq!(l.records, vec![(2, b"b".to_vec())]);
+    }
+
+    #[test]
+    fn repeating_a_write_whose_outcome_was_unknown_changes_nothing() {
+        let o = opts("repeat");
+        let mut s = EtcdStore::open(o.clone()).unwrap();
+        let mut large = Batch::default();
+        for seq in 1..=300 {
+            large.records.push((seq, format!("r{seq}").into_bytes()));
+        }
+        large.put_jobs.push((4, b"j4".to_vec()));
+        large.put_samples.push((1000, b"s".to_vec()));
+        let small = {
+            let mut b = batch(&[(301, "last")]);
+            b.delete_jobs.push(4);
+            b
+        };
+        // Each write applied, then applied again (the answer "was lost").
+        s.append(&large).unwrap();
+        s.append(&large).unwrap();
+        s.append(&small).unwrap();
+        s.append(&small).unwrap();
+        s.write_snapshot(300, b"snap").unwrap();
+        s.write_snapshot(300, b"snap").unwrap();
+        // A staged attempt that reached its commit point and failed after
+        // it, then repeated: the first is finished, the repeat is harmless.
+        let mut more = Batch::default();
+        for seq in 302..=500 {
+            more.records.push((seq, format!("r{seq}").into_bytes()));
+        }
+        s.crash_at = Some(CrashPoint::AfterCommit);
+        assert!(s.append(&more).is_err());
+        s.crash_at = None;
+        s.append(&more).unwrap();
+        // And one that failed before its commit point, then repeated.
+        let mut last = Batch::default();
+        for seq in 501..=700 {
+            last.records.push((seq, format!("r{seq}").into_bytes()));
+        }
+        s.crash_at = Some(CrashPoint::BeforeCommit);
+        assert!(s.append(&last).is_err());
+        s.crash_at = None;
+        s.append(&last).unwrap();
+        drop(s);
+        let s = EtcdStore::open(o).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.snapshot, Some((300, b"snap".to_vec())));
+        let seqs: Vec<u64> = l.records.iter().map(|(q, _)| *q).collect();
+        assert_eq!(seqs, (301..=700).collect::<Vec<_>>());
+        assert_eq!(l.records[0].1, b"last".to_vec());
+        assert!(l.jobs.is_empty());
+        assert_eq!(s.sample_times(0, u64::MAX).unwrap(), vec![1000]);
+        assert!(keys(&s, "staged/").is_empty());
+        assert!(keys(&s, "pending").is_empty());
+        assert_eq!(keys(&s, "snapshot-data/").len(), 1, "one generation left");
+    }
+
+    #[test]
+    fn an_unreachable_etcd_is_unavailable_and_a_refused_request_is_not() {
+        let e = rpc_error(
+            "get",
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader")),
+        );
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        let e = rpc_error(
+            "txn",
+            etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(
+                "etcdserver: too many operations in txn request",
+            )),
+        );
+        assert!(matches!(e, StoreError::Backend(_)), "{e}");
+        let e = rpc_error(
+            "get",
+            etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded("timeout")),
+        );
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+    }
+
     #[test]
     fn a_staged_batch_is_all_or_nothing_across_a_crash() {
         let large = || {
@@ -1006,9 +1315,9 @@ mod tests {
         // Crash before the commit point.
         let o = opts("crash-before");
         let mut s = EtcdStore::open(o.clone()).unwrap();
-        s.append(batch(&[(1, "first")])).unwrap();
+        s.append(&batch(&[(1, "first")])).unwrap();
         s.crash_at = Some(CrashPoint::BeforeCommit);
-        assert!(s.append(large()).is_err());
+        assert!(s.append(&large()).is_err());
         assert!(!keys(&s, "staged/").is_empty(), "parts were written");
         drop(s);
         let s = EtcdStore::open(o).unwrap();
@@ -1019,9 +1328,9 @@ mod tests {
         // Crash after the commit point.
         let o = opts("crash-after");
         let mut s = EtcdStore::open(o.clone()).unwrap();
-        s.append(batch(&[(1, "first")])).unwrap();
+        s.append(&batch(&[(1, "first")])).unwrap();
         s.crash_at = Some(CrashPoint::AfterCommit);
-        assert!(s.append(large()).is_err());
+        assert!(s.append(&large()).is_err());
         assert_eq!(s.load().unwrap().records.len(), 1, "not applied yet");
         drop(s);
         let s = EtcdStore::open(o).unwrap();
@@ -1040,7 +1349,7 @@ mod tests {
     fn large_snapshots_round_trip_and_a_torn_one_is_invisible() {
         let o = opts("snapshot");
         let mut s = EtcdStore::open(o.clone()).unwrap();
-        s.append(batch(&[(1, "a"), (2, "b")])).unwrap();
+        s.append(&batch(&[(1, "a"), (2, "b")])).unwrap();
         let snap: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
         s.write_snapshot(1, &snap).unwrap();
         // A torn write of the next generation: parts, no switch.

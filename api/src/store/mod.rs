@@ -31,6 +31,17 @@ pub enum StoreError {
     /// The data on disk is not what this version writes.
     #[error("store: {0}")]
     Corrupt(String),
+    /// The store could not be reached (etcd down, a timeout, an election in
+    /// etcd itself). The write may or may not have happened; every
+    /// [`Store::append`] is idempotent, so the driver retries the same batch
+    /// until it is durable, acknowledging nothing meanwhile.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// This replica no longer holds leadership: a fenced write was refused
+    /// because the election key it was conditional on is gone (the lease
+    /// expired and another replica took over). The driver stops at once.
+    #[error("deposed: {0}")]
+    Deposed(String),
 }
 
 /// What a restart reads back.
@@ -45,7 +56,7 @@ pub struct Loaded {
 }
 
 /// One atomic write.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Batch {
     /// Records to append, with consecutive sequence numbers after the last one.
     pub records: Vec<(u64, Vec<u8>)>,
@@ -82,8 +93,10 @@ impl Batch {
 pub trait Store: Send + 'static {
     /// Reads the latest snapshot, the records after it, and the job side data.
     fn load(&self) -> Result<Loaded, StoreError>;
-    /// Applies a batch atomically; durable when it returns.
-    fn append(&mut self, batch: Batch) -> Result<(), StoreError>;
+    /// Applies a batch atomically; durable when it returns. Idempotent:
+    /// applying the same batch again (after an [`StoreError::Unavailable`]
+    /// whose outcome is unknown) leaves the same state.
+    fn append(&mut self, batch: &Batch) -> Result<(), StoreError>;
     /// Replaces the snapshot with one covering the log through `through`,
     /// and deletes the records it covers, atomically.
     fn write_snapshot(&mut self, through: u64, snapshot: &[u8]) -> Result<(), StoreError>;

@@ -101,7 +101,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn append(&mut self, batch: Batch) -> Result<(), StoreError> {
+    fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut log = txn.open_table(LOG).map_err(backend)?;
@@ -197,12 +197,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = RedbStore::open(dir.path()).unwrap();
-            s.append(batch(&[(1, "a"), (2, "b")])).unwrap();
+            s.append(&batch(&[(1, "a"), (2, "b")])).unwrap();
             let mut b = batch(&[(3, "c")]);
             b.put_jobs.push((7, b"job7".to_vec()));
             b.put_samples.push((1000, b"s1".to_vec()));
             b.put_samples.push((2000, b"s2".to_vec()));
-            s.append(b).unwrap();
+            s.append(&b).unwrap();
         }
         let mut s = RedbStore::open(dir.path()).unwrap();
         let l = s.load().unwrap();
@@ -221,20 +221,20 @@ mod tests {
             delete_samples_before: Some(1500),
             ..Batch::default()
         };
-        s.append(b).unwrap();
+        s.append(&b).unwrap();
         let l = s.load().unwrap();
         assert!(l.jobs.is_empty());
         assert_eq!(s.first_sample().unwrap().unwrap().0, 2000);
         let mut b = Batch::default();
         b.put_samples.push((3000, b"s3".to_vec()));
         b.put_samples.push((4000, b"s4".to_vec()));
-        s.append(b).unwrap();
+        s.append(&b).unwrap();
         assert_eq!(s.sample_times(2000, 4000).unwrap(), [2000, 3000]);
         let b = Batch {
             delete_samples: vec![3000],
             ..Batch::default()
         };
-        s.append(b).unwrap();
+        s.append(&b).unwrap();
         assert_eq!(s.sample_times(0, u64::MAX).unwrap(), [2000, 4000]);
     }
 
@@ -242,7 +242,7 @@ mod tests {
     fn a_gap_in_the_log_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = RedbStore::open(dir.path()).unwrap();
-        s.append(batch(&[(1, "a"), (3, "c")])).unwrap();
+        s.append(&batch(&[(1, "a"), (3, "c")])).unwrap();
         assert!(matches!(s.load(), Err(StoreError::Corrupt(_))));
     }
 }

@@ -531,6 +531,15 @@ impl FakeExecutor {
     }
 }
 
+/// A loopback port free now (for a server started as a separate process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `f` until it returns `Some`, for up to 20 s.
 pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
