@@ -489,8 +489,20 @@ pub(crate) struct View<'a> {
     /// the checks that look at the forecast.
     pub(crate) now: Timestamp,
     /// When each leased host's lease is expected to end, from the demand
-    /// forecast (the round works it out; see `Planner::lease_ends`).
-    pub(crate) lease_ends: Option<&'a FxMap<HostIdx, Timestamp>>,
+    /// forecast (the round works it out when first asked; see
+    /// `Planner::lease_ends`).
+    pub(crate) lease_ends: Option<LeaseEnds<'a>>,
+}
+
+/// A round's expected lease ends, worked out on first use.
+#[derive(Clone, Copy)]
+pub(crate) struct LeaseEnds<'a> {
+    /// The round's map, once computed.
+    pub(crate) cell: &'a std::cell::OnceCell<FxMap<HostIdx, Timestamp>>,
+    /// The round's `now` (the prediction's input with the state).
+    pub(crate) now: Timestamp,
+    /// The prediction (`round::predict_lease_ends`).
+    pub(crate) predict: fn(&State, Timestamp) -> FxMap<HostIdx, Timestamp>,
 }
 
 impl<'a> View<'a> {
@@ -510,7 +522,7 @@ impl<'a> View<'a> {
     }
 
     /// This view with the round's expected lease ends.
-    pub(crate) fn with_lease_ends(mut self, ends: &'a FxMap<HostIdx, Timestamp>) -> Self {
+    pub(crate) fn with_lease_ends(mut self, ends: LeaseEnds<'a>) -> Self {
         self.lease_ends = Some(ends);
         self
     }
@@ -518,7 +530,12 @@ impl<'a> View<'a> {
     /// When the host's lease is expected to end, if the forecast says.
     pub(crate) fn lease_end(&self, h: HostIdx) -> Option<Timestamp> {
         let marked = self.state.hosts[h].returning;
-        let predicted = self.lease_ends.and_then(|e| e.get(&h).copied());
+        let predicted = self.lease_ends.and_then(|e| {
+            e.cell
+                .get_or_init(|| (e.predict)(self.state, e.now))
+                .get(&h)
+                .copied()
+        });
         match (marked, predicted) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

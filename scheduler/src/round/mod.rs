@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::overlay::{Mark, Overlay, View};
+use crate::model::overlay::{LeaseEnds, Mark, Overlay, View};
 use crate::model::queue::{JobRank, TeamOrder, TeamRank};
 use crate::model::{ShapeKey, State};
 use crate::policy::preempt::{
@@ -198,8 +198,11 @@ pub(crate) struct Planner<'a> {
     learned: FxMap<ShapeKey, Arc<PendingReasons>>,
     learned_order: Vec<ShapeKey>,
     /// When each leased host's lease is expected to end, by the forecast
-    /// (see [`Planner::predict_lease_ends`]); empty without forecasts.
-    lease_ends: FxMap<HostIdx, Timestamp>,
+    /// (see [`predict_lease_ends`]); empty without forecasts. Worked out the
+    /// first time a check asks (it depends only on the state and `now`, so
+    /// when does not matter): a round that places nothing on a leased host
+    /// (most rounds of a quiet fleet) never pays for it.
+    lease_ends: std::cell::OnceCell<FxMap<HostIdx, Timestamp>>,
     /// Searches that found no host (or were answered by the failed-shape
     /// cache) so far this round; a tier with any is not repacked.
     n_failed_searches: u32,
@@ -221,7 +224,7 @@ impl<'a> Planner<'a> {
             stats: RoundStats::default(),
             learned: FxMap::default(),
             learned_order: Vec::new(),
-            lease_ends: predict_lease_ends(state, now),
+            lease_ends: std::cell::OnceCell::new(),
             n_failed_searches: 0,
             class_steps: true,
         }
@@ -237,7 +240,11 @@ impl<'a> Planner<'a> {
     }
 
     fn view(&self) -> View<'_> {
-        View::at(self.state, &self.overlay, self.now).with_lease_ends(&self.lease_ends)
+        View::at(self.state, &self.overlay, self.now).with_lease_ends(LeaseEnds {
+            cell: &self.lease_ends,
+            now: self.now,
+            predict: predict_lease_ends,
+        })
     }
 
     /// Plans reclaim, every tier's placements, room for critical tasks and prices.
@@ -1026,7 +1033,7 @@ fn work_left(state: &State, h: HostIdx, now: Timestamp) -> u64 {
 /// pool's leased IE less the hosts before it. Placement keeps work off a
 /// host whose lease ends before the work would, so the host predicted to go
 /// first keeps the shortest work and stays first: the order is stable.
-fn predict_lease_ends(state: &State, now: Timestamp) -> FxMap<HostIdx, Timestamp> {
+pub(crate) fn predict_lease_ends(state: &State, now: Timestamp) -> FxMap<HostIdx, Timestamp> {
     let market = &state.market;
     let mut out = FxMap::default();
     for p in 0..market.pools.len() {
