@@ -435,11 +435,13 @@ fn main() {
         mixed(10_000, &mixed_policies());
     }
     if run("mixed50k") {
-        // At 50,000 hosts only the best scorer and the baseline: each
-        // run places ~460,000 tasks.
+        // At 50,000 hosts only the default scorer, the best one and the
+        // baseline: each run places ~460,000 tasks.
         let policies: Vec<_> = mixed_policies()
             .into_iter()
-            .filter(|(n, _)| *n == "dot_product" || n.starts_with("first"))
+            .filter(|(n, _)| {
+                *n == "cpu_mem_bin_pack" || *n == "dot_product" || n.starts_with("first")
+            })
             .collect();
         mixed(50_000, &policies);
     }

@@ -14,14 +14,100 @@
 //! it: the shadow then holds the whole partition, and the search reads that
 //! partition only from the shadow (see [`Shadow::promoted`]). Either way a
 //! search yields the same hosts in the same order: every live key is unique.
+//!
+//! Every entry also carries the host's free capacity in each fixed
+//! dimension ([`Room`]), so a search can pass over the hosts that have room
+//! in the walked dimension but not in another (say enough CPU but too little
+//! memory) with a few integer comparisons, instead of sending each through
+//! the feasibility checkers: see [`Fit`].
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::collections::btree_map::Range;
 use std::ops::Bound;
 
 use crate::units::ids::{HostIdx, PoolIdx};
 use crate::units::resources::{Dim, Resources};
 
 type Key = (u64, u64, HostIdx);
+
+/// A host's free capacity in the fixed dimensions, in
+/// [`Resources::shortfall_after_adding`]'s order: CPU, memory, disk,
+/// network, GPUs. (Named scalars are left to the checkers.)
+pub(crate) type Room = [u64; 5];
+
+/// The dimensions of [`Room`], in order.
+const ROOM_DIMS: [Dim; 5] = [Dim::Cpu, Dim::Memory, Dim::Disk, Dim::Network, Dim::Gpu];
+
+fn room(free: &Resources) -> Room {
+    [
+        free.cpu_millis,
+        free.memory_mib,
+        free.disk_mib,
+        free.network_mbps,
+        free.gpus,
+    ]
+}
+
+/// A request's fixed dimensions, for a search that passes over hosts
+/// without room for it, and the count of hosts it passed over, by the
+/// dimension that was short.
+///
+/// Exactness: a host is passed over at dimension `d` only if the request
+/// fits in every earlier dimension and exceeds its free capacity in `d`,
+/// which is exactly when [`Resources::shortfall_after_adding`] (what
+/// `ResourceFitChecker` runs) names `d` — with one exception the filter
+/// cannot see: a host whose allocation exceeds its capacity in an earlier
+/// dimension the request does not use (free capacity 0 either way). So a
+/// host with 0 free in an earlier dimension the request asks 0 of is never
+/// passed over; it goes to the checkers, which name the right reason.
+#[derive(Clone, Debug)]
+pub(crate) struct Fit {
+    want: Room,
+    passed_over: [u32; 5],
+}
+
+impl Fit {
+    /// A filter for `request`'s fixed dimensions.
+    pub(crate) fn new(request: &Resources) -> Fit {
+        Fit {
+            want: room(request),
+            passed_over: [0; 5],
+        }
+    }
+
+    /// True if the host may fit (send it to the checkers); otherwise counts
+    /// it under the dimension that is short.
+    #[inline]
+    fn admits(&mut self, free: &Room) -> bool {
+        let mut ambiguous = false;
+        for d in 0..5 {
+            let (want, free) = (self.want[d], free[d]);
+            if want > free {
+                if ambiguous {
+                    return true;
+                }
+                self.passed_over[d] += 1;
+                return false;
+            }
+            ambiguous |= free == 0;
+        }
+        true
+    }
+
+    /// Hosts passed over, by the dimension that was short.
+    pub(crate) fn passed_over(&self) -> impl Iterator<Item = (Dim, u32)> + '_ {
+        ROOM_DIMS
+            .iter()
+            .zip(self.passed_over)
+            .filter(|&(_, n)| n > 0)
+            .map(|(d, n)| (d.clone(), n))
+    }
+
+    /// Total hosts passed over.
+    pub(crate) fn n_passed_over(&self) -> u32 {
+        self.passed_over.iter().sum()
+    }
+}
 
 /// Which index a search walks.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -49,16 +135,16 @@ impl IndexDim {
     }
 }
 
-/// One partition's ordered sets.
+/// One partition's ordered sets: each maps a key to the host's [`Room`].
 #[derive(Clone, Debug, Default)]
 struct Sets {
-    by_cpu: BTreeSet<Key>,
-    by_memory: BTreeSet<Key>,
-    by_gpu: BTreeSet<Key>,
+    by_cpu: BTreeMap<Key, Room>,
+    by_memory: BTreeMap<Key, Room>,
+    by_gpu: BTreeMap<Key, Room>,
 }
 
 impl Sets {
-    fn set(&self, dim: IndexDim) -> &BTreeSet<Key> {
+    fn set(&self, dim: IndexDim) -> &BTreeMap<Key, Room> {
         match dim {
             IndexDim::Cpu => &self.by_cpu,
             IndexDim::Memory => &self.by_memory,
@@ -108,11 +194,12 @@ impl HostIndex {
             self.parts.resize_with(part + 1, Sets::default);
         }
         let p = &mut self.parts[part];
-        let fresh = p.by_cpu.insert((free.cpu_millis, rank, host_idx));
-        debug_assert!(fresh, "host {host_idx:?} indexed twice");
-        p.by_memory.insert((free.memory_mib, rank, host_idx));
+        let r = room(free);
+        let old = p.by_cpu.insert((free.cpu_millis, rank, host_idx), r);
+        debug_assert!(old.is_none(), "host {host_idx:?} indexed twice");
+        p.by_memory.insert((free.memory_mib, rank, host_idx), r);
         if has_gpus {
-            p.by_gpu.insert((free.gpus, rank, host_idx));
+            p.by_gpu.insert((free.gpus, rank, host_idx), r);
         }
         self.n_hosts += 1;
     }
@@ -127,8 +214,13 @@ impl HostIndex {
         part: usize,
     ) {
         let p = &mut self.parts[part];
-        let removed = p.by_cpu.remove(&(free.cpu_millis, rank, host_idx))
-            & p.by_memory.remove(&(free.memory_mib, rank, host_idx));
+        let removed = p
+            .by_cpu
+            .remove(&(free.cpu_millis, rank, host_idx))
+            .is_some()
+            & p.by_memory
+                .remove(&(free.memory_mib, rank, host_idx))
+                .is_some();
         assert!(
             removed,
             "host {host_idx:?} was not indexed with this free capacity"
@@ -140,7 +232,8 @@ impl HostIndex {
     }
 
     /// Moves a host from (`old_part`, `old_free`) to (`new_part`, `new_free`),
-    /// touching only the sets whose key changed.
+    /// moving only the entries whose key changed (the others get the new
+    /// [`Room`] in place).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn update(
         &mut self,
@@ -157,30 +250,25 @@ impl HostIndex {
             self.insert(host_idx, rank, new_free, has_gpus, new_part);
             return;
         }
-        fn mv(set: &mut BTreeSet<Key>, old: u64, new: u64, rank: u64, h: HostIdx) {
-            if old != new {
-                let removed = set.remove(&(old, rank, h));
-                assert!(removed, "host {h:?} was not indexed at {old}");
-                set.insert((new, rank, h));
+        let r = room(new_free);
+        let mv = |set: &mut BTreeMap<Key, Room>, old: u64, new: u64| {
+            if old == new {
+                let entry = set.get_mut(&(old, rank, host_idx));
+                *entry.unwrap_or_else(|| panic!("host {host_idx:?} was not indexed at {old}")) = r;
+            } else {
+                let removed = set.remove(&(old, rank, host_idx));
+                assert!(
+                    removed.is_some(),
+                    "host {host_idx:?} was not indexed at {old}"
+                );
+                set.insert((new, rank, host_idx), r);
             }
-        }
+        };
         let p = &mut self.parts[old_part];
-        mv(
-            &mut p.by_cpu,
-            old_free.cpu_millis,
-            new_free.cpu_millis,
-            rank,
-            host_idx,
-        );
-        mv(
-            &mut p.by_memory,
-            old_free.memory_mib,
-            new_free.memory_mib,
-            rank,
-            host_idx,
-        );
+        mv(&mut p.by_cpu, old_free.cpu_millis, new_free.cpu_millis);
+        mv(&mut p.by_memory, old_free.memory_mib, new_free.memory_mib);
         if has_gpus {
-            mv(&mut p.by_gpu, old_free.gpus, new_free.gpus, rank, host_idx);
+            mv(&mut p.by_gpu, old_free.gpus, new_free.gpus);
         }
     }
 
@@ -218,7 +306,7 @@ impl HostIndex {
         if self.parts.len() < other.parts.len() {
             self.parts.resize_with(other.parts.len(), Sets::default);
         }
-        fn absorb_set(into: &mut BTreeSet<Key>, mut from: BTreeSet<Key>) {
+        fn absorb_set(into: &mut BTreeMap<Key, Room>, mut from: BTreeMap<Key, Room>) {
             if into.len() < from.len() {
                 std::mem::swap(into, &mut from);
             }
@@ -239,7 +327,9 @@ impl HostIndex {
     /// free) or loosest first (descending). With a `shadow`, the committed
     /// partitions it promoted are read only from its index, the committed
     /// entries of its touched hosts are skipped elsewhere, and its entries
-    /// (touched hosts at their tentative free capacity) are merged in.
+    /// (touched hosts at their tentative free capacity) are merged in. With
+    /// a `fit`, hosts short of room in another fixed dimension are passed
+    /// over and counted (see [`Fit`]); the others come in the same order.
     pub(crate) fn candidates<'a, P, S>(
         &'a self,
         shadow: Option<Shadow<'a, P, S>>,
@@ -247,7 +337,8 @@ impl HostIndex {
         min_free: u64,
         loosest_first: bool,
         include: impl Fn(usize) -> bool,
-    ) -> impl Iterator<Item = HostIdx> + 'a
+        fit: Option<Fit>,
+    ) -> Candidates<'a, S>
     where
         P: Fn(usize) -> bool,
         S: Fn(HostIdx) -> bool + 'a,
@@ -263,10 +354,11 @@ impl HostIndex {
             }
             s.touched
         });
-        Merge {
+        Candidates {
             heads,
             desc: loosest_first,
             touched,
+            fit,
         }
     }
 }
@@ -285,21 +377,24 @@ pub(crate) struct Shadow<'a, P, S> {
     pub(crate) touched: S,
 }
 
+/// One partition's entries from `min_free` on, in search order.
 struct Head<'a> {
-    keys: std::iter::Peekable<Box<dyn Iterator<Item = &'a Key> + 'a>>,
+    range: Range<'a, Key, Room>,
+    desc: bool,
+    next: Option<(&'a Key, &'a Room)>,
     is_extra: bool,
 }
 
 impl<'a> Head<'a> {
     /// The keys of `index`'s partition `part` from `min_free` on, in search
-    /// order; `None` if the set is empty.
+    /// order; `None` if there are none.
     #[inline]
     fn new(
         index: &'a HostIndex,
         part: usize,
         dim: IndexDim,
         min_free: u64,
-        loosest_first: bool,
+        desc: bool,
         is_extra: bool,
     ) -> Option<Head<'a>> {
         let set = index.parts[part].set(dim);
@@ -307,37 +402,53 @@ impl<'a> Head<'a> {
             return None;
         }
         let range = set.range((Bound::Included((min_free, 0, HostIdx(0))), Bound::Unbounded));
-        let keys: Box<dyn Iterator<Item = &'a Key> + 'a> = if loosest_first {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
-        Some(Head {
-            keys: keys.peekable(),
+        let mut head = Head {
+            range,
+            desc,
+            next: None,
             is_extra,
-        })
+        };
+        head.advance();
+        head.next.is_some().then_some(head)
+    }
+
+    #[inline]
+    fn advance(&mut self) {
+        self.next = if self.desc {
+            self.range.next_back()
+        } else {
+            self.range.next()
+        };
     }
 }
 
-/// Merges key-ordered iterators (ascending, or descending if `desc`). A
-/// linear scan over the heads: at most two per partition (committed and
-/// tentative).
-struct Merge<'a, S> {
+/// The hosts a search walks: key-ordered partitions merged (ascending, or
+/// descending if `desc`) by a linear scan over the heads, at most two per
+/// partition (committed and tentative).
+pub(crate) struct Candidates<'a, S> {
     heads: Vec<Head<'a>>,
     desc: bool,
     /// With a shadow: true for hosts whose committed entries are stale.
     touched: Option<S>,
+    fit: Option<Fit>,
 }
 
-impl<S: Fn(HostIdx) -> bool> Iterator for Merge<'_, S> {
+impl<S> Candidates<'_, S> {
+    /// The filter, with the hosts it passed over so far.
+    pub(crate) fn fit(&self) -> Option<&Fit> {
+        self.fit.as_ref()
+    }
+}
+
+impl<S: Fn(HostIdx) -> bool> Iterator for Candidates<'_, S> {
     type Item = HostIdx;
 
     fn next(&mut self) -> Option<HostIdx> {
         loop {
             let desc = self.desc;
-            let mut best: Option<(usize, Key)> = None;
-            for (i, head) in self.heads.iter_mut().enumerate() {
-                if let Some(&&k) = head.keys.peek() {
+            let mut best: Option<(usize, &Key)> = None;
+            for (i, head) in self.heads.iter().enumerate() {
+                if let Some((k, _)) = head.next {
                     let better = match best {
                         None => true,
                         Some((_, b)) => (k < b) != desc,
@@ -349,10 +460,16 @@ impl<S: Fn(HostIdx) -> bool> Iterator for Merge<'_, S> {
             }
             let (i, _) = best?;
             let head = &mut self.heads[i];
-            let key = head.keys.next().expect("peeked");
+            let (key, room) = head.next.expect("a head with no entry is never best");
+            head.advance();
             if !head.is_extra
                 && let Some(touched) = &self.touched
                 && touched(key.2)
+            {
+                continue;
+            }
+            if let Some(fit) = &mut self.fit
+                && !fit.admits(room)
             {
                 continue;
             }
@@ -373,6 +490,33 @@ mod tests {
     type NoShadow = Shadow<'static, fn(usize) -> bool, fn(HostIdx) -> bool>;
 
     #[test]
+    fn fit_passes_over_hosts_short_in_a_dimension_and_names_it() {
+        let want = Resources {
+            disk_mib: 10,
+            ..Resources::cpu_mem(2_000, 1024)
+        };
+        let mut fit = Fit::new(&want);
+        assert!(fit.admits(&[2_000, 1024, 10, 0, 0]), "an exact fit");
+        assert!(!fit.admits(&[8_000, 512, 0, 0, 0]), "short of memory first");
+        assert!(!fit.admits(&[8_000, 4096, 9, 0, 0]));
+        assert!(!fit.admits(&[1_000, 0, 0, 0, 0]));
+        let counted: Vec<(Dim, u32)> = fit.passed_over().collect();
+        assert_eq!(
+            counted,
+            vec![(Dim::Cpu, 1), (Dim::Memory, 1), (Dim::Disk, 1)]
+        );
+        // No network asked and none free: the host may be over-committed in
+        // network (the checker then names network, not disk), so it is not
+        // passed over.
+        let mut fit = Fit::new(&Resources {
+            gpus: 1,
+            ..Resources::cpu_mem(1_000, 1024)
+        });
+        assert!(fit.admits(&[4_000, 4096, 100, 0, 0]));
+        assert_eq!(fit.n_passed_over(), 0);
+    }
+
+    #[test]
     fn partitions_merge_in_key_order_and_can_be_skipped() {
         let mut idx = HostIndex::default();
         let free = |cpu| Resources::cpu_mem(cpu, 1024);
@@ -382,9 +526,16 @@ mod tests {
         idx.insert(h(2), 2, &free(3000), false, part_of(p1, false));
         idx.insert(h(3), 3, &free(1000), false, HAS_FLEX);
         let walk = |idx: &HostIndex, min, loosest, skip: usize| {
-            idx.candidates(None::<NoShadow>, IndexDim::Cpu, min, loosest, |p| p != skip)
-                .map(|x| x.0)
-                .collect::<Vec<_>>()
+            idx.candidates(
+                None::<NoShadow>,
+                IndexDim::Cpu,
+                min,
+                loosest,
+                |p| p != skip,
+                None,
+            )
+            .map(|x| x.0)
+            .collect::<Vec<_>>()
         };
         assert_eq!(walk(&idx, 1500, false, usize::MAX), vec![1, 2, 0]);
         assert_eq!(walk(&idx, 0, true, usize::MAX), vec![0, 2, 1, 3]);
@@ -420,7 +571,7 @@ mod tests {
                 promoted: |_| false,
                 touched: |x| x == h(0),
             };
-            base.candidates(Some(shadow), IndexDim::Cpu, min, false, |_| true)
+            base.candidates(Some(shadow), IndexDim::Cpu, min, false, |_| true, None)
                 .map(|x| x.0)
                 .collect::<Vec<_>>()
         };
@@ -456,7 +607,7 @@ mod tests {
                 // so it does not even need to be marked touched.
                 touched: move |x| touched && x == h(0),
             };
-            base.candidates(Some(shadow), IndexDim::Cpu, min, loosest, |_| true)
+            base.candidates(Some(shadow), IndexDim::Cpu, min, loosest, |_| true, None)
                 .map(|x| x.0)
                 .collect::<Vec<_>>()
         };

@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use crate::model::index::{HostIndex, IndexDim, Shadow};
+use crate::model::index::{Candidates, Fit, HostIndex, IndexDim, Shadow};
 use crate::model::job::Job;
 use crate::model::{Host, State};
 use crate::spec::host::HostState;
@@ -630,14 +630,15 @@ impl<'a> View<'a> {
     }
 
     /// Active hosts with at least `min_free` free in `dim`, in tentative key
-    /// order (see [`HostIndex::candidates`]).
+    /// order, less those `fit` passes over (see [`HostIndex::candidates`]).
     pub(crate) fn candidates(
         &self,
         dim: IndexDim,
         min_free: u64,
         loosest_first: bool,
         include: impl Fn(usize) -> bool,
-    ) -> impl Iterator<Item = HostIdx> + 'a {
+        fit: Option<Fit>,
+    ) -> Candidates<'a, impl Fn(HostIdx) -> bool + 'a> {
         let overlay = self.overlay;
         // Every touched active host has an entry in the overlay's index, and
         // so does every host of a promoted partition (promotion needs one
@@ -650,7 +651,7 @@ impl<'a> View<'a> {
         });
         self.state
             .index
-            .candidates(shadow, dim, min_free, loosest_first, include)
+            .candidates(shadow, dim, min_free, loosest_first, include, fit)
     }
 
     /// Number of index partitions, committed or tentative.

@@ -504,7 +504,7 @@ pub(crate) fn plan_room(
         Some(h) => h,
         None => {
             all_hosts = view
-                .candidates(crate::model::index::IndexDim::Cpu, 0, false, |_| true)
+                .candidates(crate::model::index::IndexDim::Cpu, 0, false, |_| true, None)
                 .collect();
             &all_hosts
         }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  candidates (host index, from the task's dominant dimension)
-//!      │  tightest-first or loosest-first, only hosts with enough room in it
+//!      │  tightest-first or loosest-first, only hosts with enough room in it,
+//!      │  passing over (and counting) hosts short in another fixed dimension
 //!      ▼
 //!  feasibility checkers ──reject──▶ reason counted (e.g. "insufficient memory")
 //!      │ feasible
@@ -12,7 +13,7 @@
 //!                                         "good enough" or enough hosts were scored
 //! ```
 
-use crate::model::index::{IndexDim, NO_FLEX, pool_of_part};
+use crate::model::index::{Fit, IndexDim, NO_FLEX, pool_of_part};
 use crate::model::job::Job;
 use crate::model::overlay::View;
 use crate::policy::check::{
@@ -132,7 +133,12 @@ impl Pipeline {
                 && part % 2 == NO_FLEX
                 && !view.can_lease_in(pool_of_part(part))
         };
-        for host_idx in view.candidates(dim, min_free, loosest_first, |p| !skips(p)) {
+        // Hosts short of room in another fixed dimension are passed over
+        // inside the walk and counted by dimension, as ResourceFitChecker
+        // would have rejected them (see `Fit`).
+        let fit = Some(Fit::new(request));
+        let mut walk = view.candidates(dim, min_free, loosest_first, |p| !skips(p), fit);
+        for host_idx in walk.by_ref() {
             n_examined += 1;
             match self.check(view, job, host_idx) {
                 Ok(()) => {
@@ -151,6 +157,8 @@ impl Pipeline {
                 },
             }
         }
+        let fit = walk.fit().expect("searches filter by fit");
+        let n_passed_over = fit.n_passed_over();
         if let Some((score, host_idx)) = best {
             return SearchOutcome::Found {
                 host_idx,
@@ -160,7 +168,8 @@ impl Pipeline {
         }
         // Nothing fit: every active host outside the walked range lacked room
         // in the index dimension; draining hosts accept nothing.
-        let mut n_skipped = 0u32;
+        rejected.extend(fit.passed_over().map(|(d, n)| (Reason::Insufficient(d), n)));
+        let mut n_skipped = n_passed_over;
         for p in (0..view.n_parts()).filter(|&p| skips(p)) {
             let n = view.len_part(p) as u32;
             if n > 0 {

@@ -91,6 +91,10 @@ pub struct RoundStats {
     pub n_hosts_examined: u64,
     /// Jobs answered from the failed-shape cache without a host search.
     pub n_shape_cache_hits: u32,
+    /// Tasks placed by a class step: onto the host the search just chose
+    /// for an equal task, without another search.
+    #[serde(default)]
+    pub n_class_steps: u32,
     /// Tasks chosen for preemption.
     pub n_preempted: u32,
 }
@@ -779,6 +783,7 @@ impl<'a> Planner<'a> {
             });
             self.stats.n_placed += 1;
             self.stats.n_hosts_examined += 1;
+            self.stats.n_class_steps += 1;
             cursor.last_index = Some(index);
             cursor.n_placed += 1;
             last_score = score;

@@ -10,10 +10,11 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::index::{NO_FLEX, part_of};
+use crate::model::index::{Fit, NO_FLEX, part_of};
 use crate::policy::testkit::{Fleet, host_spec, job_spec};
 use crate::spec::host::HostState;
 use crate::units::ids::PoolId;
+use crate::units::resources::Dim;
 
 /// A host to build: pool (0 or 1), vCPUs, GiB, GPUs, active or draining,
 /// and the flex and critical tasks it carries when the round starts.
@@ -172,6 +173,8 @@ struct Query {
     loosest_first: bool,
     /// Bit `p` set: partition `p` is included (partitions 0 to 3 exist).
     include: u8,
+    /// A request (vCPU millis, MiB, GPUs) whose [`Fit`] filters the walk.
+    fit: Option<(u64, u64, u64)>,
 }
 
 /// Every dimension and order, from nothing to a lot (`all_mins`) or from
@@ -185,17 +188,24 @@ fn queries(all_mins: bool) -> Vec<Query> {
             IndexDim::Memory => [0, 2 * 1024, 6 * 1024],
             IndexDim::Gpu => [0, 1, 2],
         };
-        let mins = if all_mins { &mins[..] } else { &mins[..2] };
-        for &min_free in mins {
-            for loosest_first in [false, true] {
+        for loosest_first in [false, true] {
+            let query = |min_free, include, fit| Query {
+                dim,
+                min_free,
+                loosest_first,
+                include,
+                fit,
+            };
+            let mins = if all_mins { &mins[..] } else { &mins[..2] };
+            for &min_free in mins {
                 for include in [0b1111, 0b1010, 0b1100] {
-                    out.push(Query {
-                        dim,
-                        min_free,
-                        loosest_first,
-                        include,
-                    });
+                    out.push(query(min_free, include, None));
                 }
+            }
+            // Requests short in another dimension on many hosts (the walk's
+            // range is covered above).
+            for fit in [(1_000, 6 * 1024, 0), (3_000, 1024, 0), (1_000, 2048, 2)] {
+                out.push(query(mins[1], 0b1111, Some(fit)));
             }
         }
     }
@@ -249,12 +259,51 @@ fn check(
         prop_assert_eq!(view.n_flex(h), m.n_flex, "host {:?}", h);
     }
     for &q in queries {
-        let got: Vec<HostIdx> = view
-            .candidates(q.dim, q.min_free, q.loosest_first, |p| {
-                q.include & (1 << p) != 0
-            })
-            .collect();
-        prop_assert_eq!(got, recount(state, model, hosts, q), "{:?}", q);
+        let fit = q.fit.map(|(cpu, mem, gpus)| Resources {
+            gpus,
+            ..Resources::cpu_mem(cpu, mem)
+        });
+        let mut walk = view.candidates(
+            q.dim,
+            q.min_free,
+            q.loosest_first,
+            |p| q.include & (1 << p) != 0,
+            fit.as_ref().map(Fit::new),
+        );
+        let got: Vec<HostIdx> = walk.by_ref().collect();
+        let all = recount(state, model, hosts, q);
+        let Some(request) = fit else {
+            prop_assert_eq!(got, all, "{:?}", q);
+            continue;
+        };
+        // With a filter: the same order, every host the resource check
+        // accepts, and the ones left out counted under the dimension that
+        // check names.
+        let kept: Vec<HostIdx> = all.iter().copied().filter(|h| got.contains(h)).collect();
+        prop_assert_eq!(&kept, &got, "{:?}: not a sub-walk in order", q);
+        let mut left_out: Vec<(Dim, u32)> = Vec::new();
+        for &h in &all {
+            let i = hosts.iter().position(|&x| x == h).unwrap();
+            let short = model[i]
+                .allocated
+                .shortfall_after_adding(&request, &state.hosts[h].spec.capacity);
+            if got.contains(&h) {
+                continue;
+            }
+            let Some(dim) = short else {
+                return Err(TestCaseError::fail(format!(
+                    "{q:?}: fitting {h:?} left out"
+                )));
+            };
+            match left_out.iter_mut().find(|(d, _)| *d == dim) {
+                Some((_, n)) => *n += 1,
+                None => left_out.push((dim, 1)),
+            }
+        }
+        let mut counted: Vec<(Dim, u32)> = walk.fit().unwrap().passed_over().collect();
+        left_out.sort();
+        counted.sort();
+        prop_assert_eq!(counted, left_out, "{:?}: reasons", q);
     }
     for part in 0..6 {
         prop_assert_eq!(
