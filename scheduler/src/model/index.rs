@@ -446,19 +446,25 @@ impl<S: Fn(HostIdx) -> bool> Iterator for Candidates<'_, S> {
     fn next(&mut self) -> Option<HostIdx> {
         loop {
             let desc = self.desc;
-            let mut best: Option<(usize, &Key)> = None;
-            for (i, head) in self.heads.iter().enumerate() {
-                if let Some((k, _)) = head.next {
-                    let better = match best {
-                        None => true,
-                        Some((_, b)) => (k < b) != desc,
-                    };
-                    if better {
-                        best = Some((i, k));
+            let i = if self.heads.len() == 1 {
+                // One partition (the common case): no merge.
+                self.heads[0].next?;
+                0
+            } else {
+                let mut best: Option<(usize, &Key)> = None;
+                for (i, head) in self.heads.iter().enumerate() {
+                    if let Some((k, _)) = head.next {
+                        let better = match best {
+                            None => true,
+                            Some((_, b)) => (k < b) != desc,
+                        };
+                        if better {
+                            best = Some((i, k));
+                        }
                     }
                 }
-            }
-            let (i, _) = best?;
+                best?.0
+            };
             let head = &mut self.heads[i];
             let (key, room) = head.next.expect("a head with no entry is never best");
             head.advance();

@@ -222,3 +222,111 @@ fn index_dim(
         IndexDim::Cpu
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::overlay::Overlay;
+    use crate::policy::testkit::{Fleet, host_spec, job_spec};
+    use crate::spec::host::HostState;
+    use crate::spec::job::Tier;
+    use crate::units::resources::Resources;
+
+    /// SplitMix64, enough for random fleets.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = self.0;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (x ^ (x >> 31)) % n
+        }
+    }
+
+    /// The search's answer against every host run through every checker:
+    /// a found host is one the checkers accept and no host scores higher
+    /// among those the search could stop at; when none is found, the
+    /// reasons are exactly the checkers' first rejection per host (the
+    /// hosts a walk passes over by their figures included). Requests lean
+    /// on CPU so the walk's index is CPU's, whose bulk count outside the
+    /// walked range is what the checker would say first too.
+    #[test]
+    fn reasons_match_every_host_through_the_checkers() {
+        let mut rng = Rng(7);
+        let (mut n_found, mut n_not_found) = (0, 0);
+        for case in 0..300 {
+            let mut fleet = Fleet::new();
+            let n_hosts = 1 + rng.below(30);
+            let mut hosts = Vec::new();
+            for i in 0..n_hosts {
+                let mut spec = host_spec(&format!("h{i}"), "z", 8, 32);
+                spec.capacity.disk_mib = 100 * 1024;
+                spec.capacity.network_mbps = 10_000;
+                let state = if rng.below(10) == 0 {
+                    HostState::Draining
+                } else {
+                    HostState::Active
+                };
+                hosts.push(fleet.host_in_state(spec, state));
+            }
+            // Load: tasks of random shapes where they fit.
+            for j in 0..(3 * n_hosts) {
+                let load = Resources {
+                    disk_mib: rng.below(60) * 1024,
+                    network_mbps: rng.below(6_000),
+                    ..Resources::cpu_mem(rng.below(4_000), rng.below(16 * 1024))
+                };
+                let mut spec = job_spec(100 + j, load.clone(), vec![]);
+                spec.tier = Tier::Critical;
+                let job = fleet.job(spec);
+                let h = hosts[rng.below(n_hosts) as usize];
+                if fleet.host_ref(h).state() == HostState::Active
+                    && load.fits_in(&fleet.host_ref(h).free())
+                {
+                    fleet.place(job, h);
+                }
+            }
+            // A CPU-leaning request, often too big for every host in some
+            // dimension.
+            let cpu = 1_000 + rng.below(7_000);
+            let request = Resources {
+                disk_mib: rng.below(100) * 1024,
+                network_mbps: rng.below(10_000),
+                ..Resources::cpu_mem(cpu, rng.below(cpu * 4 * 1024 / 1_000))
+            };
+            let mut spec = job_spec(1, request, vec![]);
+            spec.tier = Tier::Critical;
+            let job = fleet.job(spec);
+            let state = &fleet.state;
+            let overlay = Overlay::default();
+            let view = View::new(state, &overlay);
+            let pipeline = Pipeline::default();
+            let job = &state.jobs[&job];
+            let mut brute: Vec<(Reason, u32)> = Vec::new();
+            let mut feasible = Vec::new();
+            for &h in &hosts {
+                match pipeline.check(&view, job, h) {
+                    Ok(()) => feasible.push(h),
+                    Err(r) => brute.push((r, 1)),
+                }
+            }
+            match pipeline.search(&view, job) {
+                SearchOutcome::Found { host_idx, .. } => {
+                    n_found += 1;
+                    assert!(feasible.contains(&host_idx), "case {case}: infeasible host");
+                }
+                SearchOutcome::NotFound { reasons, .. } => {
+                    n_not_found += 1;
+                    assert!(feasible.is_empty(), "case {case}: missed a feasible host");
+                    assert_eq!(reasons, PendingReasons::from_counts(brute), "case {case}");
+                }
+            }
+        }
+        assert!(
+            n_found > 50 && n_not_found > 50,
+            "{n_found} found, {n_not_found} not"
+        );
+    }
+}
