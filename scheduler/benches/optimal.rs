@@ -371,6 +371,13 @@ fn policies() -> Vec<(&'static str, TierPolicy)> {
         ),
         ("l2_best_fit", TierPolicy::single(ScorerKind::L2BestFit)),
         (
+            "blend without repack",
+            TierPolicy {
+                repack: false,
+                ..blend()
+            },
+        ),
+        (
             "first feasible (max 1)",
             TierPolicy {
                 max_hosts_scored: Some(1),
@@ -378,6 +385,19 @@ fn policies() -> Vec<(&'static str, TierPolicy)> {
             },
         ),
     ]
+}
+
+/// Dot product and CPU+memory bin-packing, weighted equally: a candidate
+/// default that packs like dot product on large fills without opening
+/// empty hosts on small ones.
+fn blend() -> TierPolicy {
+    TierPolicy {
+        scorers: vec![
+            (ScorerKind::DotProduct, 1.0),
+            (ScorerKind::CpuMemBinPack, 1.0),
+        ],
+        ..TierPolicy::default()
+    }
 }
 
 fn host_spec(i: u32, capacity: &Resources) -> HostSpec {

@@ -258,6 +258,16 @@ fn mixed_policies() -> Vec<(&'static str, TierPolicy)> {
     .map(|(n, k)| (n, TierPolicy::single(k)))
     .collect();
     out.push((
+        "blend: dot_product + cpu_mem_bin_pack",
+        TierPolicy {
+            scorers: vec![
+                (ScorerKind::DotProduct, 1.0),
+                (ScorerKind::CpuMemBinPack, 1.0),
+            ],
+            ..TierPolicy::default()
+        },
+    ));
+    out.push((
         "first feasible (max 1)",
         TierPolicy {
             max_hosts_scored: Some(1),

@@ -127,6 +127,10 @@ pub(crate) struct Overlay {
     undo: Vec<Undo>,
     /// Open checkpoints; the undo log is kept only while this is non-zero.
     depth: u32,
+    /// A touched host whose index entry is left as it was (the figures
+    /// given) while a class step charges it task by task: see
+    /// [`Overlay::defer_index`].
+    deferred: Option<(HostIdx, HostDelta)>,
 }
 
 /// A position in the undo log.
@@ -187,11 +191,45 @@ impl Overlay {
         &mut self.shadows[part]
     }
 
-    /// Replaces a host's tentative figures and re-indexes it.
+    /// Leaves touched host `h`'s index entry where it is until
+    /// [`Overlay::flush_index`], which moves it once: for a run of class
+    /// steps, which charge one host task by task and search nothing in
+    /// between. Searches, rollbacks and commits must not happen meanwhile.
+    pub(crate) fn defer_index(&mut self, h: HostIdx) {
+        assert!(self.deferred.is_none(), "one deferred host at a time");
+        let delta = self.hosts.get(&h).expect("class steps follow a placement");
+        self.deferred = Some((h, delta.clone()));
+    }
+
+    /// Moves the deferred host's index entry to its current figures.
+    pub(crate) fn flush_index(&mut self, state: &State) {
+        let Some((h, was)) = self.deferred.take() else {
+            return;
+        };
+        let host = &state.hosts[h];
+        if host.state == HostState::Active {
+            let now = &self.hosts[&h];
+            let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
+            let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
+            self.index.update(
+                h,
+                host.rank,
+                part(&was),
+                &free(&was),
+                part(now),
+                &free(now),
+                host.has_gpus(),
+            );
+        }
+    }
+
+    /// Replaces a host's tentative figures and re-indexes it (unless its
+    /// index entry is deferred).
     fn set_host(&mut self, state: &State, h: HostIdx, new: HostDelta) {
         let host = &state.hosts[h];
         let old = self.hosts.insert(h, new.clone());
-        if host.state == HostState::Active {
+        let deferred = self.deferred.as_ref().is_some_and(|(d, _)| *d == h);
+        if host.state == HostState::Active && !deferred {
             let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
             let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
             let (rank, gpus) = (host.rank, host.has_gpus());
@@ -413,6 +451,7 @@ impl Overlay {
 
     /// Undoes everything since `mark` and closes its checkpoint.
     pub(crate) fn rollback(&mut self, state: &State, mark: Mark) {
+        debug_assert!(self.deferred.is_none(), "rollback with a deferred entry");
         while self.undo.len() > mark.0 {
             match self.undo.pop().expect("checked length") {
                 Undo::Host(h, prev) => self.restore_host(state, h, prev),
@@ -640,6 +679,7 @@ impl<'a> View<'a> {
         fit: Option<Fit>,
     ) -> Candidates<'a, impl Fn(HostIdx) -> bool + 'a> {
         let overlay = self.overlay;
+        debug_assert!(overlay.deferred.is_none(), "search with a deferred entry");
         // Every touched active host has an entry in the overlay's index, and
         // so does every host of a promoted partition (promotion needs one
         // touched host at least): an empty index means nothing is touched or

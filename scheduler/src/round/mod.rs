@@ -760,6 +760,9 @@ impl<'a> Planner<'a> {
             return;
         }
         let host_id = &state.hosts[h].spec.id;
+        // No search runs until the class ends, so h's index entry is moved
+        // once, at the end, instead of once per step.
+        self.overlay.defer_index(h);
         while let Some(&index) = job
             .ready
             .range(cursor.last_index.map_or(0, |l| l + 1)..)
@@ -767,11 +770,11 @@ impl<'a> Planner<'a> {
         {
             let view = self.view();
             if self.pipeline.check(&view, job, h).is_err() {
-                return;
+                break;
             }
             let score = self.pipeline.score(policy, &view, job, h);
             if score < last_score {
-                return;
+                break;
             }
             let task = TaskId::new(job_id, index);
             self.overlay.charge(state, task, h, true);
@@ -788,6 +791,7 @@ impl<'a> Planner<'a> {
             cursor.n_placed += 1;
             last_score = score;
         }
+        self.overlay.flush_index(state);
     }
 
     /// Places every ready task of a gang job, or none of them.
