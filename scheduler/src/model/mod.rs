@@ -394,6 +394,16 @@ impl State {
                 leased[host.pool.get()] += host.ie;
                 with_flex[host.pool.get()].insert(h);
             }
+            // Pricing and the flex search rely on no host being smaller
+            // than its pool's `min_host_ie`.
+            if let Some(min_ie) = self.market.pools[host.pool.get()].min_host_ie
+                && host.ie < min_ie
+            {
+                return Err(format!(
+                    "host {}: {}, below its pool's smallest host ({min_ie})",
+                    host.spec.id, host.ie
+                ));
+            }
             if host.returning.is_some() {
                 if n_flex == 0 {
                     return Err(format!(
