@@ -6,7 +6,10 @@
 //! - critical tasks are never victims;
 //! - disruption budgets hold, except for preemptions recorded as over budget;
 //! - pool totals add up: streaming + headroom + leased + idle = reserved;
-//! - no host is over-committed.
+//! - no host is over-committed;
+//! - with demand forecasts (hosts marked returning, lease-end predictions),
+//!   the core's recount (`check_invariants`) agrees with every kept
+//!   aggregate, the pools' sets of leased and of returning hosts included.
 
 mod common;
 
@@ -41,8 +44,20 @@ struct JobGen {
 #[derive(Clone, Debug)]
 enum Step {
     Submit(JobGen),
-    Demand { pool: usize, ie_tenths: u64 },
-    Failover { region: usize, active: bool },
+    Demand {
+        pool: usize,
+        ie_tenths: u64,
+    },
+    /// A forecast: the pool's demand reaches this in `mins` minutes.
+    Forecast {
+        pool: usize,
+        ie_tenths: u64,
+        mins: u64,
+    },
+    Failover {
+        region: usize,
+        active: bool,
+    },
     Round,
     StopAll,
     FinishSome(u8),
@@ -93,6 +108,8 @@ fn step_gen(n_pools: usize) -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => job_gen().prop_map(Step::Submit),
         3 => (0..n_pools, 0..250u64).prop_map(|(pool, ie_tenths)| Step::Demand { pool, ie_tenths }),
+        2 => (0..n_pools, 0..250u64, 1..120u64)
+            .prop_map(|(pool, ie_tenths, mins)| Step::Forecast { pool, ie_tenths, mins }),
         1 => (0..3usize, any::<bool>()).prop_map(|(region, active)| Step::Failover { region, active }),
         4 => Just(Step::Round),
         2 => Just(Step::StopAll),
@@ -199,6 +216,18 @@ impl Run {
                 let id = PoolId::from(format!("pool-{}", pool % n_pools));
                 self.s
                     .handle_streaming_demand(now, &id, Ie::from_f64(*ie_tenths as f64 / 10.0))
+                    .unwrap();
+            }
+            Step::Forecast {
+                pool,
+                ie_tenths,
+                mins,
+            } => {
+                let id = PoolId::from(format!("pool-{}", pool % n_pools));
+                let at = t(self.now + mins * 60_000);
+                let ie = Ie::from_f64(*ie_tenths as f64 / 10.0);
+                self.s
+                    .handle_demand_forecast(now, &id, vec![(at, ie)])
                     .unwrap();
             }
             Step::Failover { region: r, active } => {

@@ -40,6 +40,7 @@
 use std::collections::BTreeSet;
 
 use crate::model::ledger::{Ledger, PoolSnapshot};
+use crate::model::overlay::View;
 use crate::spec::catalog::Catalog;
 use crate::spec::error::InputError;
 use crate::spec::market::{MarketConfig, PoolSpec, PoolStatus, Reservation};
@@ -64,6 +65,18 @@ pub(crate) struct PoolState {
     pub(crate) n_leased_hosts: u32,
     /// Hosts in the pool, for reclaim and compaction.
     pub(crate) hosts: BTreeSet<HostIdx>,
+    /// The pool's leases: its hosts that carry flex work
+    /// (`n_flex_tasks > 0`), kept in step by [`Market::set_leased`]. A round
+    /// that looks at leases (reclaim, drains, lease-end predictions) walks
+    /// these instead of every host of the pool: on a 50,000-host fleet most
+    /// rounds have nothing to do, and the walk over every host was most of
+    /// what they cost.
+    pub(crate) leased_hosts: BTreeSet<HostIdx>,
+    /// The pool's hosts marked returning (`Host::returning` is set), kept in
+    /// step by [`crate::model::State::set_returning`]. Only leased hosts are
+    /// marked: commit marks a host only while it carries flex work, and its
+    /// last flex task leaving clears the mark.
+    pub(crate) returning_hosts: BTreeSet<HostIdx>,
     pub(crate) clearing_price: Price,
     /// The smallest IE of any host that joined the pool (never raised when
     /// hosts leave, which only makes [`Market::can_lease_new_host`] conservative).
@@ -84,6 +97,35 @@ pub(crate) struct PoolState {
     /// rebuilt by [`Market::recompute`]: linear between points (a
     /// reservation boundary has a point just before it and one at it).
     pub(crate) supply_curve: Vec<(Timestamp, Ie)>,
+}
+
+/// The hosts of pool `p` that carry flex work as `view` sees them, in host
+/// order: the same list as filtering every host of the pool by
+/// `view.n_flex(h) > 0`, without walking them all. Why it is the same: an
+/// overlay changes a host's flex count only by charging a task onto it or
+/// off it; a host it charged onto is in its placements, and a host it
+/// charged off held flex work before, so it is among the committed leases.
+/// Every other host keeps its committed count.
+pub(crate) fn leased_hosts(view: &View<'_>, p: PoolIdx) -> Vec<HostIdx> {
+    let state = view.state;
+    let placed = view.overlay.placements();
+    let mut hosts: Vec<HostIdx> = state.market.pools[p.get()]
+        .leased_hosts
+        .iter()
+        .copied()
+        .chain(
+            placed
+                .iter()
+                .map(|&(_, h)| h)
+                .filter(|&h| state.hosts[h].pool == p),
+        )
+        .filter(|&h| view.n_flex(h) > 0)
+        .collect();
+    if !placed.is_empty() {
+        hosts.sort_unstable();
+        hosts.dedup();
+    }
+    hosts
 }
 
 /// Supply, demand and leases for every pool.
@@ -132,6 +174,8 @@ impl Market {
             n_hosts: 0,
             n_leased_hosts: 0,
             hosts: BTreeSet::new(),
+            leased_hosts: BTreeSet::new(),
+            returning_hosts: BTreeSet::new(),
             clearing_price: self.config.floor_price,
             streaming_now: Ie::ZERO,
             headroom: Ie::ZERO,
@@ -453,6 +497,30 @@ impl Market {
         out
     }
 
+    /// True if the forecast cannot end any of the pool's leases before
+    /// `until`: the least forecast supply over `[now, until]` is above the
+    /// pool's leased IE. Then no lease-end prediction (see
+    /// `round::predict_pool_lease_ends`) falls before `until`, and a check
+    /// that only asks "does this lease end before `until`?" need not work
+    /// the predictions out (ranking every lease of the pool by work left).
+    ///
+    /// Why, exactly and not just roughly: a prediction is
+    /// [`Market::shortfall_times`] for a level at most the leased IE, that
+    /// is the first point on or after `now` below the level, and a crossing
+    /// on the segment that ends there, rounded down. Every point this
+    /// minimum reads (the curve's points in `[now, until)` and its values at
+    /// both ends) is at least one micro-IE above the level, so that first
+    /// point lies after `until`. If its segment starts at or after `until`,
+    /// so does the crossing. Otherwise the minimum read the segment's line
+    /// at `until`, rounded up by under one micro-IE, so the line is still
+    /// above the level there (the sweep's first segment starts at its own
+    /// rounded-up value at `now`, which only raises it); the line's
+    /// crossing is after `until`, and rounded down it is not before it.
+    pub(crate) fn leases_outlast(&self, p: PoolIdx, now: Timestamp, until: Timestamp) -> bool {
+        let pool = &self.pools[p.get()];
+        !self.has_forecast(p, now) || self.min_forecast_supply(p, now, until) > pool.leased
+    }
+
     /// True if flex work may lease some host of this pool that carries no
     /// flex work now. When false, a flex search need not visit such hosts.
     ///
@@ -563,11 +631,25 @@ impl Market {
         }
     }
 
-    /// Called when a host gains its first flex task (`leased = true`) or loses its last.
-    pub(crate) fn set_leased(&mut self, now: Timestamp, pool: PoolIdx, host_ie: Ie, leased: bool) {
+    /// Called when host `h` of `pool` gains its first flex task (`leased =
+    /// true`) or loses its last.
+    pub(crate) fn set_leased(
+        &mut self,
+        now: Timestamp,
+        pool: PoolIdx,
+        h: HostIdx,
+        host_ie: Ie,
+        leased: bool,
+    ) {
         let snapshot = self.snapshot(pool);
         self.ledger.accrue_pool(now, pool, snapshot);
         let p = &mut self.pools[pool.get()];
+        let changed = if leased {
+            p.leased_hosts.insert(h)
+        } else {
+            p.leased_hosts.remove(&h)
+        };
+        debug_assert!(changed, "a host is leased or released once");
         if leased {
             p.leased += host_ie;
             p.n_leased_hosts += 1;
@@ -577,6 +659,181 @@ impl Market {
                 .n_leased_hosts
                 .checked_sub(1)
                 .expect("a pool never releases more hosts than it leased");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::overlay::Overlay;
+    use crate::model::splitmix64;
+    use crate::policy::testkit::{Fleet, host_spec, job_spec};
+    use crate::spec::market::HeadroomPolicy;
+    use crate::units::ids::TaskId;
+    use crate::units::resources::Resources;
+
+    /// A market of one configured pool whose forecast supply is `curve`
+    /// (times in ms, values in micro-IE), with `leased` and `supply` now.
+    fn market_with_curve(curve: &[(u64, u64)], leased: u64, supply: u64) -> (Market, PoolIdx) {
+        let mut m = Market::new(MarketConfig::default()).expect("default config is valid");
+        let p = m.pool_idx(&PoolId::from("p"));
+        let pool = &mut m.pools[p.get()];
+        pool.spec = Some(PoolSpec {
+            id: PoolId::from("p"),
+            region: "r".into(),
+            headroom: HeadroomPolicy::default(),
+        });
+        // `has_forecast` asks only that the forecast reaches past `now`.
+        pool.forecast = vec![(Timestamp::from_millis(u64::MAX), Ie::ZERO)];
+        pool.supply_curve = curve
+            .iter()
+            .map(|&(t, v)| (Timestamp::from_millis(t), Ie::from_micro(v)))
+            .collect();
+        pool.leased = Ie::from_micro(leased);
+        pool.supply = Some(Ie::from_micro(supply));
+        (m, p)
+    }
+
+    proptest! {
+        /// [`Market::leases_outlast`] is exact, rounding included: when it
+        /// holds, no lease-end prediction (a shortfall time for a level at
+        /// most the leased IE) falls before `until`. Values and times are
+        /// tiny so that the integer rounding of the curve matters.
+        #[test]
+        fn no_shortfall_before_until_when_leases_outlast(
+            steps in prop::collection::vec((1..7u64, 0..40u64), 1..8),
+            leased in 0..40u64,
+            supply in 0..60u64,
+            now in 0..30u64,
+            d in 0..30u64,
+            drops in prop::collection::vec(0..6u64, 1..6),
+        ) {
+            let mut t = 0;
+            let curve: Vec<(u64, u64)> = steps
+                .iter()
+                .map(|&(dt, v)| {
+                    t += dt;
+                    (t, v)
+                })
+                .collect();
+            let (m, p) = market_with_curve(&curve, leased, supply);
+            let (now, until) = (Timestamp::from_millis(now), Timestamp::from_millis(now + d));
+            // Levels as predictions use them: the leased IE less the hosts
+            // before each, descending.
+            let mut level = leased;
+            let levels: Vec<Ie> = drops
+                .iter()
+                .map(|&x| {
+                    let l = Ie::from_micro(level);
+                    level = level.saturating_sub(x);
+                    l
+                })
+                .collect();
+            if m.leases_outlast(p, now, until) {
+                for end in m.shortfall_times(p, now, &levels).into_iter().flatten() {
+                    prop_assert!(end >= until, "a lease ends at {end:?}, before {until:?}");
+                }
+            }
+        }
+    }
+
+    /// The same, exhaustively over every two-point curve, leased IE, `now`
+    /// and `until` in a small range (where the rounding bites: random cases
+    /// rarely hit the instants just past a rounded crossing).
+    #[test]
+    fn no_shortfall_before_until_on_any_small_curve() {
+        let (mut m, p) = market_with_curve(&[], 0, u64::MAX);
+        for (t0, t1) in [(1, 2), (1, 4), (2, 5), (3, 7)] {
+            for (v0, v1) in (0..12u64).flat_map(|a| (0..12u64).map(move |b| (a, b))) {
+                m.pools[p.get()].supply_curve = vec![
+                    (Timestamp::from_millis(t0), Ie::from_micro(v0)),
+                    (Timestamp::from_millis(t1), Ie::from_micro(v1)),
+                ];
+                for leased in 0..12u64 {
+                    m.pools[p.get()].leased = Ie::from_micro(leased);
+                    let levels = [Ie::from_micro(leased)];
+                    for now in 0..t1 + 1 {
+                        let now_t = Timestamp::from_millis(now);
+                        let end = m.shortfall_times(p, now_t, &levels)[0];
+                        for until in now..t1 + 2 {
+                            let until = Timestamp::from_millis(until);
+                            if m.leases_outlast(p, now_t, until) {
+                                assert!(
+                                    end.is_none_or(|e| e >= until),
+                                    "curve ({t0}, {v0}) ({t1}, {v1}), leased {leased}, \
+                                     now {now}: a lease ends at {end:?}, before {until:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`leased_hosts`] lists the same hosts as filtering every host of the
+    /// pool by its flex count in the view, over random committed leases and
+    /// random tentative placements, removals and rollbacks.
+    #[test]
+    fn leased_hosts_match_a_walk_over_every_host() {
+        for seed in 0..64u64 {
+            let mut x = seed;
+            let mut below = |n: u64| {
+                x = x.wrapping_add(1);
+                splitmix64(x) % n
+            };
+            let mut fleet = Fleet::new();
+            let hosts: Vec<HostIdx> = (0..24)
+                .map(|i| {
+                    let mut spec = host_spec(&format!("h{i}"), "z", 8, 32);
+                    spec.pool = PoolId::from(["pool-a", "pool-b"][i % 2]);
+                    fleet.host(spec)
+                })
+                .collect();
+            let job = fleet.job(job_spec(1, Resources::cpu_mem(1000, 1024), vec![]));
+            let mut committed: Vec<(TaskId, HostIdx)> = Vec::new();
+            for _ in 0..below(20) {
+                let h = hosts[below(24) as usize];
+                let index = fleet.job_ref(job).tasks.len() as u32;
+                fleet.place(job, h);
+                committed.push((TaskId::new(job, index), h));
+            }
+            let state = &fleet.state;
+            let mut overlay = Overlay::default();
+            let mark = overlay.checkpoint();
+            let mut next = 1000;
+            for _ in 0..below(30) {
+                match below(4) {
+                    0 if !committed.is_empty() => {
+                        let (task, h) =
+                            committed.swap_remove(below(committed.len() as u64) as usize);
+                        overlay.charge(state, task, h, false);
+                    }
+                    1 if below(3) == 0 => {
+                        overlay.rollback(state, mark);
+                        let _ = overlay.checkpoint();
+                    }
+                    _ => {
+                        let h = hosts[below(24) as usize];
+                        overlay.charge(state, TaskId::new(job, next), h, true);
+                        next += 1;
+                    }
+                }
+            }
+            let view = View::new(state, &overlay);
+            for p in 0..state.market.pools.len() {
+                let p = PoolIdx::from_usize(p);
+                let walked: Vec<HostIdx> = state.market.pools[p.get()]
+                    .hosts
+                    .iter()
+                    .copied()
+                    .filter(|&h| view.n_flex(h) > 0)
+                    .collect();
+                assert_eq!(leased_hosts(&view, p), walked, "seed {seed}, pool {p:?}");
+            }
         }
     }
 }

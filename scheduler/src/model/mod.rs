@@ -291,12 +291,12 @@ impl State {
                 }
             }
         }
-        let host = &mut self.hosts[host_idx];
-        let is_leased = host.n_flex_tasks > 0;
+        let is_leased = self.hosts[host_idx].n_flex_tasks > 0;
         if !is_leased {
-            host.reclaiming = false;
-            host.returning = None;
+            self.hosts[host_idx].reclaiming = false;
+            self.set_returning(host_idx, None);
         }
+        let host = &self.hosts[host_idx];
         // A task arriving or leaving changes the holdings of every team on
         // the host (they share it by dominant shares): move each by its change.
         let price = self.market.pools[host.pool.get()].clearing_price;
@@ -323,7 +323,7 @@ impl State {
         let (pool, ie, rank, has_gpus) = (host.pool, host.ie, host.rank, host.has_gpus());
         let (new_free, new_part) = (host.free(), host.index_part());
         if was_leased != is_leased {
-            self.market.set_leased(now, pool, ie, is_leased);
+            self.market.set_leased(now, pool, host_idx, ie, is_leased);
         }
         if indexed {
             self.index.update(
@@ -332,11 +332,29 @@ impl State {
         }
     }
 
+    /// Marks host `h` as due back at `due` (or, with `None`, no longer),
+    /// keeping its pool's set of returning hosts in step.
+    pub(crate) fn set_returning(&mut self, h: HostIdx, due: Option<Timestamp>) {
+        let host = &mut self.hosts[h];
+        if host.returning.is_some() != due.is_some() {
+            let marked = &mut self.market.pools[host.pool.get()].returning_hosts;
+            if due.is_some() {
+                marked.insert(h);
+            } else {
+                marked.remove(&h);
+            }
+        }
+        host.returning = due;
+    }
+
     /// Checks the derived accounts against a recount from the tasks on each
     /// host. Debug builds run it after every commit; tests call it directly.
     pub(crate) fn check_accounts(&self) -> Result<(), String> {
         let mut cluster = Resources::default();
         let mut leased = vec![crate::units::ie::Ie::ZERO; self.market.pools.len()];
+        // The pools' sets of leased and of returning hosts, recounted.
+        let mut with_flex: Vec<BTreeSet<HostIdx>> = vec![BTreeSet::new(); self.market.pools.len()];
+        let mut marked: Vec<BTreeSet<HostIdx>> = vec![BTreeSet::new(); self.market.pools.len()];
         let mut team_alloc: Vec<[Resources; 2]> = vec![Default::default(); self.teams.len()];
         for (h, host) in self.hosts.iter() {
             let mut sum = Resources::default();
@@ -374,6 +392,26 @@ impl State {
             }
             if n_flex > 0 {
                 leased[host.pool.get()] += host.ie;
+                with_flex[host.pool.get()].insert(h);
+            }
+            // Pricing and the flex search rely on no host being smaller
+            // than its pool's `min_host_ie`.
+            if let Some(min_ie) = self.market.pools[host.pool.get()].min_host_ie
+                && host.ie < min_ie
+            {
+                return Err(format!(
+                    "host {}: {}, below its pool's smallest host ({min_ie})",
+                    host.spec.id, host.ie
+                ));
+            }
+            if host.returning.is_some() {
+                if n_flex == 0 {
+                    return Err(format!(
+                        "host {} marked returning without a lease",
+                        host.spec.id
+                    ));
+                }
+                marked[host.pool.get()].insert(h);
             }
             cluster
                 .checked_add_assign(&sum)
@@ -390,6 +428,18 @@ impl State {
                 return Err(format!(
                     "pool {}: leased {} but hosts with flex work add up to {}",
                     pool.id, pool.leased, leased[p]
+                ));
+            }
+            if pool.leased_hosts != with_flex[p] {
+                return Err(format!(
+                    "pool {}: leased hosts {:?} but hosts with flex work {:?}",
+                    pool.id, pool.leased_hosts, with_flex[p]
+                ));
+            }
+            if pool.returning_hosts != marked[p] {
+                return Err(format!(
+                    "pool {}: returning hosts {:?} but hosts marked returning {:?}",
+                    pool.id, pool.returning_hosts, marked[p]
                 ));
             }
         }

@@ -533,15 +533,15 @@ pub(crate) struct View<'a> {
     pub(crate) lease_ends: Option<LeaseEnds<'a>>,
 }
 
-/// A round's expected lease ends, worked out on first use.
+/// A round's expected lease ends, worked out per pool on first use.
 #[derive(Clone, Copy)]
 pub(crate) struct LeaseEnds<'a> {
-    /// The round's map, once computed.
-    pub(crate) cell: &'a std::cell::OnceCell<FxMap<HostIdx, Timestamp>>,
+    /// The round's map per pool (indexed by pool), once computed.
+    pub(crate) cells: &'a [std::cell::OnceCell<FxMap<HostIdx, Timestamp>>],
     /// The round's `now` (the prediction's input with the state).
     pub(crate) now: Timestamp,
-    /// The prediction (`round::predict_lease_ends`).
-    pub(crate) predict: fn(&State, Timestamp) -> FxMap<HostIdx, Timestamp>,
+    /// The prediction for one pool (`round::predict_pool_lease_ends`).
+    pub(crate) predict: fn(&State, Timestamp, PoolIdx) -> FxMap<HostIdx, Timestamp>,
 }
 
 impl<'a> View<'a> {
@@ -570,8 +570,9 @@ impl<'a> View<'a> {
     pub(crate) fn lease_end(&self, h: HostIdx) -> Option<Timestamp> {
         let marked = self.state.hosts[h].returning;
         let predicted = self.lease_ends.and_then(|e| {
-            e.cell
-                .get_or_init(|| (e.predict)(self.state, e.now))
+            let p = self.state.hosts[h].pool;
+            e.cells[p.get()]
+                .get_or_init(|| (e.predict)(self.state, e.now, p))
                 .get(&h)
                 .copied()
         });

@@ -190,15 +190,23 @@ impl FeasibilityChecker for PoolSupplyChecker {
             None => job.spec.expected_runtime,
         };
         let d = runtime.unwrap_or(market.config.forecast_drain_lead);
-        if !needs_lease
-            && let Some(end) = view.lease_end(h)
-            && now.saturating_add(d) > end
-        {
-            return Err(Reason::LeaseEndsSoon(pool.id.clone()));
+        let until = now.saturating_add(d);
+        if !needs_lease {
+            // The round's prediction ranks every lease of the pool; when the
+            // forecast cannot end any of them before `until`, the host's
+            // mark alone decides, as the prediction would not come earlier.
+            let end = if market.leases_outlast(host.pool, now, until) {
+                host.returning
+            } else {
+                view.lease_end(h)
+            };
+            if end.is_some_and(|end| until > end) {
+                return Err(Reason::LeaseEndsSoon(pool.id.clone()));
+            }
         }
         if needs_lease
             && market.has_forecast(host.pool, now)
-            && leased + host.ie > market.min_forecast_supply(host.pool, now, now.saturating_add(d))
+            && leased + host.ie > market.min_forecast_supply(host.pool, now, until)
         {
             return Err(Reason::LeaseEndsSoon(pool.id.clone()));
         }

@@ -28,6 +28,7 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::model::job::{Job, Phase};
+use crate::model::market::leased_hosts;
 use crate::model::overlay::View;
 use crate::policy::search::Pipeline;
 use crate::spec::config::VictimPolicy;
@@ -278,12 +279,10 @@ impl RoundVictims {
 /// the hosts whose flex work is all stopping already.
 pub(crate) fn projected_leases(view: &View<'_>, pool_idx: PoolIdx) -> crate::units::ie::Ie {
     let state = view.state;
-    let pool = &state.market.pools[pool_idx.get()];
     let mut projected = view.leased(pool_idx);
-    for &h in &pool.hosts {
-        let host = &state.hosts[h];
-        if view.n_flex(h) > 0 && preemptible_tasks(view, h).next().is_none() {
-            projected = projected.saturating_sub(host.ie);
+    for h in leased_hosts(view, pool_idx) {
+        if preemptible_tasks(view, h).next().is_none() {
+            projected = projected.saturating_sub(state.hosts[h].ie);
         }
     }
     projected
@@ -343,11 +342,8 @@ pub(crate) fn plan_reclaim(
     // Rank hosts by their victims' facts; victim lists with gangs expanded
     // are built only for the hosts the greedy pass looks at.
     let mut ranked: Vec<(VictimSet, u64, HostIdx)> = Vec::new();
-    for &h in &pool.hosts {
+    for h in leased_hosts(view, pool_idx) {
         let host = &state.hosts[h];
-        if view.n_flex(h) == 0 {
-            continue;
-        }
         // A host is on its way out only when none of its flex work still
         // runs: a reclaiming mark alone is not trusted.
         let mut facts = VictimSet::default();

@@ -33,16 +33,23 @@ pub(crate) fn clearing_prices(
         let p = PoolIdx::from_usize(p);
         let price = match lost.get(&p) {
             Some(&bid) => {
-                let cheapest_new_lease = pool
-                    .hosts
-                    .iter()
-                    .filter(|&&h| view.n_flex(h) == 0)
-                    .map(|&h| -> &Host { &state.hosts[h] })
-                    .filter(|h| h.state == HostState::Active)
-                    .map(|h| h.ie)
-                    .min();
                 let leased = view.leased(p);
-                let contended = cheapest_new_lease.is_none_or(|ie| leased + ie > supply);
+                // No host of the pool is smaller than `min_host_ie` (the
+                // smallest that ever joined), so when even that does not fit
+                // the pool is contended whatever its cheapest new lease:
+                // the walk over its hosts is only needed when supply is left.
+                let full = pool.min_host_ie.is_some_and(|ie| leased + ie > supply);
+                let contended = full || {
+                    let cheapest_new_lease = pool
+                        .hosts
+                        .iter()
+                        .filter(|&&h| view.n_flex(h) == 0)
+                        .map(|&h| -> &Host { &state.hosts[h] })
+                        .filter(|h| h.state == HostState::Active)
+                        .map(|h| h.ie)
+                        .min();
+                    cheapest_new_lease.is_none_or(|ie| leased + ie > supply)
+                };
                 let bid = won.get(&p).map_or(bid, |&w| bid.min(w));
                 if contended { bid.max(floor) } else { floor }
             }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::market::leased_hosts;
 use crate::model::overlay::{LeaseEnds, Mark, Overlay, View};
 use crate::model::queue::{JobRank, TeamOrder, TeamRank};
 use crate::model::{ShapeKey, State};
@@ -202,11 +203,13 @@ pub(crate) struct Planner<'a> {
     learned: FxMap<ShapeKey, Arc<PendingReasons>>,
     learned_order: Vec<ShapeKey>,
     /// When each leased host's lease is expected to end, by the forecast
-    /// (see [`predict_lease_ends`]); empty without forecasts. Worked out the
-    /// first time a check asks (it depends only on the state and `now`, so
-    /// when does not matter): a round that places nothing on a leased host
-    /// (most rounds of a quiet fleet) never pays for it.
-    lease_ends: std::cell::OnceCell<FxMap<HostIdx, Timestamp>>,
+    /// (see [`predict_pool_lease_ends`]), per pool (indexed by pool); empty
+    /// without forecasts. A pool's map is worked out the first time a check
+    /// asks about one of its hosts (it depends only on the state, `now` and
+    /// that pool, so when does not matter): a round that places nothing on
+    /// a leased host (most rounds of a quiet fleet) never pays for it, and
+    /// one that places on leased hosts of one pool pays for that pool only.
+    lease_ends: Vec<std::cell::OnceCell<FxMap<HostIdx, Timestamp>>>,
     /// Searches that found no host (or were answered by the failed-shape
     /// cache) so far this round; a tier with any is not repacked.
     n_failed_searches: u32,
@@ -228,7 +231,7 @@ impl<'a> Planner<'a> {
             stats: RoundStats::default(),
             learned: FxMap::default(),
             learned_order: Vec::new(),
-            lease_ends: std::cell::OnceCell::new(),
+            lease_ends: vec![std::cell::OnceCell::new(); state.market.pools.len()],
             n_failed_searches: 0,
             class_steps: true,
         }
@@ -245,9 +248,9 @@ impl<'a> Planner<'a> {
 
     fn view(&self) -> View<'_> {
         View::at(self.state, &self.overlay, self.now).with_lease_ends(LeaseEnds {
-            cell: &self.lease_ends,
+            cells: &self.lease_ends,
             now: self.now,
-            predict: predict_lease_ends,
+            predict: predict_pool_lease_ends,
         })
     }
 
@@ -357,14 +360,18 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// A team's place in the tier's order for its next pick. In the flex
-    /// tier the team's next job's bid comes first (the market: a higher bid
-    /// is served first, whatever the team), and fair share orders teams
-    /// bidding the same; the critical tier ignores bids.
     /// Returning hosts (step 5): per pool with a forecast, enough leased
     /// hosts to cover the drop the forecast predicts within the drain lead
     /// are marked due back, those with the least work left first; marks
     /// beyond the need (by more than one host) are cleared, the busiest first.
+    ///
+    /// Cheap when there is nothing to do, which is most rounds: it walks
+    /// only the pools' marked hosts ([`PoolState::returning_hosts`]) and,
+    /// when more must be marked, their leased hosts; the work left on a
+    /// host (the costly part: every task's job is looked up) is worked out
+    /// only when marks are set or cleared.
+    ///
+    /// [`PoolState::returning_hosts`]: crate::model::market::PoolState::returning_hosts
     fn plan_drains(&self) -> Vec<Drain> {
         let state = self.state;
         let market = &state.market;
@@ -372,42 +379,26 @@ impl<'a> Planner<'a> {
         let lead = now.saturating_add(market.config.forecast_drain_lead);
         let view = self.view();
         let mut out = Vec::new();
-        // Without a forecast a pool only clears marks; with no host marked
-        // at all (the common case) there is nothing to clear, and one pass
-        // over the host table is far cheaper than walking every pool's set.
-        let any_marked = state.hosts.iter().any(|(_, h)| h.returning.is_some());
         for p in 0..market.pools.len() {
             let p = PoolIdx::from_usize(p);
             let pool = &market.pools[p.get()];
-            if !market.has_forecast(p, now) && !any_marked {
-                continue;
-            }
-            if !market.has_forecast(p, now) {
-                // Only marks to clear. The host's own field is tested
-                // before the overlay lookup, which few hosts need.
-                out.extend(
-                    pool.hosts
-                        .iter()
-                        .copied()
-                        .filter(|&h| state.hosts[h].returning.is_some() && view.n_flex(h) > 0)
-                        .map(|h| Drain {
-                            host: state.hosts[h].spec.id.clone(),
-                            due: None,
-                        }),
-                );
-                continue;
-            }
-            let leased_hosts: Vec<HostIdx> = pool
-                .hosts
+            // The marked hosts that still carry flex work, in host order.
+            // (A marked host always does: commit marks only leased hosts,
+            // and the last flex task leaving clears the mark.)
+            let marked: Vec<HostIdx> = pool
+                .returning_hosts
                 .iter()
                 .copied()
                 .filter(|&h| view.n_flex(h) > 0)
                 .collect();
-            let marked: Vec<HostIdx> = leased_hosts
-                .iter()
-                .copied()
-                .filter(|&h| state.hosts[h].returning.is_some())
-                .collect();
+            if !market.has_forecast(p, now) {
+                // Without a forecast a pool only clears marks.
+                out.extend(marked.iter().map(|&h| Drain {
+                    host: state.hosts[h].spec.id.clone(),
+                    due: None,
+                }));
+                continue;
+            }
             let leased = view.leased(p);
             let need = leased.saturating_sub(market.min_forecast_supply(p, now, lead));
             let mut returning: Ie = marked.iter().map(|&h| state.hosts[h].ie).sum();
@@ -416,9 +407,8 @@ impl<'a> Planner<'a> {
                 let due = market
                     .forecast_shortfall_at(p, leased, now, lead)
                     .unwrap_or(lead);
-                let mut candidates: Vec<(u64, u64, HostIdx)> = leased_hosts
-                    .iter()
-                    .copied()
+                let mut candidates: Vec<(u64, u64, HostIdx)> = leased_hosts(&view, p)
+                    .into_iter()
                     .filter(|&h| {
                         let host = &state.hosts[h];
                         host.returning.is_none() && !view.reclaiming(h)
@@ -437,6 +427,20 @@ impl<'a> Planner<'a> {
                     });
                 }
             } else {
+                // A mark is cleared (busiest host first) only while
+                // `returning` less that host's IE still covers the need and
+                // one host of slack (see below). If no marked host passes
+                // that test now, the first in any order stops the loop:
+                // nothing is cleared, and their work left is not needed.
+                let slack = |ie: Ie| pool.min_host_ie.unwrap_or(ie);
+                let clearable = |h: HostIdx| {
+                    let ie = state.hosts[h].ie;
+                    returning.saturating_sub(ie) >= need
+                        && returning.saturating_sub(ie) >= need + slack(ie)
+                };
+                if !marked.iter().any(|&h| clearable(h)) {
+                    continue;
+                }
                 let mut busiest: Vec<(u64, u64, HostIdx)> = marked
                     .iter()
                     .map(|&h| (work_left(h), state.hosts[h].rank, h))
@@ -449,7 +453,7 @@ impl<'a> Planner<'a> {
                     }
                     // Keep one host of slack: marks flapping each round would
                     // send work on and off a host the forecast still doubts.
-                    if returning.saturating_sub(ie) < need + pool.min_host_ie.unwrap_or(ie) {
+                    if returning.saturating_sub(ie) < need + slack(ie) {
                         break;
                     }
                     returning -= ie;
@@ -501,8 +505,8 @@ impl<'a> Planner<'a> {
             let view = self.view();
             let hosts: Vec<HostIdx> = pools
                 .iter()
-                .flat_map(|p| state.market.pools[p.get()].hosts.iter().copied())
-                .filter(|&h| view.n_flex(h) > 0 && !view.reclaiming(h))
+                .flat_map(|&p| leased_hosts(&view, p))
+                .filter(|&h| !view.reclaiming(h))
                 .collect();
             let spec = &state.jobs[&job].spec;
             let req = RoomRequest {
@@ -519,6 +523,10 @@ impl<'a> Planner<'a> {
         out
     }
 
+    /// A team's place in the tier's order for its next pick. In the flex
+    /// tier the team's next job's bid comes first (the market: a higher bid
+    /// is served first, whatever the team), and fair share orders teams
+    /// bidding the same; the critical tier ignores bids.
     fn team_rank(&self, team: TeamIdx, tier: Tier, cursor: Option<&TeamCursor>) -> TeamRank {
         let bid = match tier {
             Tier::Critical => Price::ZERO,
@@ -1034,56 +1042,59 @@ fn work_left(state: &State, h: HostIdx, now: Timestamp) -> u64 {
         .sum()
 }
 
-/// When each leased host's lease is expected to end, by the demand
-/// forecast: per pool with one, leased hosts are put in the order they
+/// When each leased host of pool `p` is expected to end, by the demand
+/// forecast (nothing without one): leased hosts are put in the order they
 /// would be given back — hosts already marked returning by their due time,
 /// then the rest by least work left (the order drains pick them in) — and
 /// host k of that order ends when the forecast supply first falls below the
 /// pool's leased IE less the hosts before it. Placement keeps work off a
 /// host whose lease ends before the work would, so the host predicted to go
 /// first keeps the shortest work and stays first: the order is stable.
-pub(crate) fn predict_lease_ends(state: &State, now: Timestamp) -> FxMap<HostIdx, Timestamp> {
+///
+/// A pool's answer reads only that pool's leases and forecast, so pools
+/// can be worked out one at a time, each when first asked.
+pub(crate) fn predict_pool_lease_ends(
+    state: &State,
+    now: Timestamp,
+    p: PoolIdx,
+) -> FxMap<HostIdx, Timestamp> {
     let market = &state.market;
     let mut out = FxMap::default();
-    for p in 0..market.pools.len() {
-        let p = PoolIdx::from_usize(p);
-        if !market.has_forecast(p, now) {
-            continue;
-        }
-        let pool = &market.pools[p.get()];
-        let mut order: Vec<(bool, Option<Timestamp>, u64, u64, HostIdx)> = pool
-            .hosts
-            .iter()
-            .copied()
-            .filter(|&h| state.hosts[h].n_flex_tasks > 0)
-            .map(|h| {
-                let host = &state.hosts[h];
-                let not_returning = host.returning.is_none();
-                (
-                    not_returning,
-                    host.returning,
-                    work_left(state, h, now),
-                    host.rank,
-                    h,
-                )
-            })
-            .collect();
-        if order.is_empty() {
-            continue;
-        }
-        order.sort_unstable();
-        let leased: Ie = order.iter().map(|o| state.hosts[o.4].ie).sum();
-        let mut thresholds = Vec::with_capacity(order.len());
-        let mut before = Ie::ZERO;
-        for o in &order {
-            thresholds.push(leased.saturating_sub(before));
-            before += state.hosts[o.4].ie;
-        }
-        let ends = market.shortfall_times(p, now, &thresholds);
-        for (o, end) in order.iter().zip(ends) {
-            if let Some(end) = end {
-                out.insert(o.4, end);
-            }
+    if !market.has_forecast(p, now) {
+        return out;
+    }
+    let pool = &market.pools[p.get()];
+    let mut order: Vec<(bool, Option<Timestamp>, u64, u64, HostIdx)> = pool
+        .leased_hosts
+        .iter()
+        .copied()
+        .map(|h| {
+            let host = &state.hosts[h];
+            let not_returning = host.returning.is_none();
+            (
+                not_returning,
+                host.returning,
+                work_left(state, h, now),
+                host.rank,
+                h,
+            )
+        })
+        .collect();
+    if order.is_empty() {
+        return out;
+    }
+    order.sort_unstable();
+    let leased: Ie = order.iter().map(|o| state.hosts[o.4].ie).sum();
+    let mut thresholds = Vec::with_capacity(order.len());
+    let mut before = Ie::ZERO;
+    for o in &order {
+        thresholds.push(leased.saturating_sub(before));
+        before += state.hosts[o.4].ie;
+    }
+    let ends = market.shortfall_times(p, now, &thresholds);
+    for (o, end) in order.iter().zip(ends) {
+        if let Some(end) = end {
+            out.insert(o.4, end);
         }
     }
     out

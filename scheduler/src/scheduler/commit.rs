@@ -200,11 +200,10 @@ impl Scheduler {
         }
         // Returning marks: only on hosts still leased; clearing always holds.
         for d in &plan.drains {
-            if let Some(h) = self.state.hosts.idx(&d.host) {
-                let host = &mut self.state.hosts[h];
-                if d.due.is_none() || host.n_flex_tasks > 0 {
-                    host.returning = d.due;
-                }
+            if let Some(h) = self.state.hosts.idx(&d.host)
+                && (d.due.is_none() || self.state.hosts[h].n_flex_tasks > 0)
+            {
+                self.state.set_returning(h, d.due);
             }
         }
         self.state.budget_wakeup = plan.budget_wakeup;

@@ -327,7 +327,7 @@ impl Scheduler {
         }
         for (h, reclaim, returning) in reclaiming {
             st.hosts[h].reclaiming = reclaim;
-            st.hosts[h].returning = returning;
+            st.set_returning(h, returning);
         }
         // Every placed task must have been listed on its host.
         let n_placed: usize = st.jobs.values().map(|j| j.n_placed as usize).sum();
