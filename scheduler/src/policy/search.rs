@@ -227,23 +227,10 @@ fn index_dim(
 mod tests {
     use super::*;
     use crate::model::overlay::Overlay;
-    use crate::policy::testkit::{Fleet, host_spec, job_spec};
+    use crate::policy::testkit::{Fleet, Rng, host_spec, job_spec};
     use crate::spec::host::HostState;
     use crate::spec::job::Tier;
     use crate::units::resources::Resources;
-
-    /// SplitMix64, enough for random fleets.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut x = self.0;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (x ^ (x >> 31)) % n
-        }
-    }
 
     /// The search's answer against every host run through every checker:
     /// a found host is one the checkers accept and no host scores higher

@@ -139,3 +139,19 @@ impl Fleet {
         &self.state.hosts[host_idx]
     }
 }
+
+/// A seeded sequence for random test cases (SplitMix64 over a counter).
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    /// Uniform in `0..n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        crate::model::splitmix64(self.0) % n
+    }
+
+    /// One of `items`, uniformly.
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}

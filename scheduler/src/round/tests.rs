@@ -1,7 +1,7 @@
 //! Class steps ([`Planner::place_class`]) against their source of truth:
 //! the same round planned with every task searched on its own.
 
-use crate::model::splitmix64;
+use crate::policy::testkit::Rng;
 use crate::spec::config::{SchedulerConfig, ScorerKind, SearchOrder, TeamConfig, TierPolicy};
 use crate::spec::host::HostSpec;
 use crate::spec::job::{Constraint, JobSpec, Tier};
@@ -9,18 +9,6 @@ use crate::units::ids::{HostId, JobId, PoolId, TeamId};
 use crate::units::resources::{ResourceCap, Resources};
 use crate::units::time::Timestamp;
 use crate::{HeadroomPolicy, Ie, Plan, PoolSpec, Reservation, Scheduler};
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(1);
-        splitmix64(self.0) % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 fn host(i: u64, cpus: u64, mem_gib: u64) -> HostSpec {
     HostSpec {
