@@ -283,11 +283,20 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Other tests' threads hit these log callsites first, without a
+        // subscriber. tracing-core works a callsite's interest out before
+        // linking it into its registry, so a registration that straddles
+        // `set_default` can cache "never" and miss the rebuild that
+        // `set_default` does: one log line then goes missing (seen once in
+        // CI). Rebuilding just before each logging call leaves only a
+        // registration that straddles both, microseconds apart.
+        let rebuild = tracing::callsite::rebuild_interest_cache;
 
         let r = Refresher::new(source);
         let st = r.status();
         assert!(st.stale && st.snapshot.is_none() && st.age(ms(0)).is_none());
 
+        rebuild();
         let report = r.refresh(ms(1_000)).await;
         assert_eq!(
             report,
@@ -302,6 +311,7 @@ mod tests {
 
         // Three failures: the snapshot from 1 000 ms stays, stale, ageing.
         for (t, changed) in [(2_000, true), (3_000, false), (4_000, false)] {
+            rebuild();
             let report = r.refresh(ms(t)).await;
             assert_eq!(
                 report,
@@ -320,6 +330,7 @@ mod tests {
         assert_eq!(st.consecutive_failures, 3);
         assert!(st.last_error.as_deref().unwrap().contains("timed out"));
 
+        rebuild();
         let report = r.refresh(ms(5_000)).await;
         assert_eq!(
             report,
@@ -331,6 +342,7 @@ mod tests {
         let st = r.status();
         assert!(!st.stale && st.last_error.is_none() && st.consecutive_failures == 0);
         assert_eq!(st.age(ms(5_000)), Some(DurationMs::ZERO));
+        rebuild();
         let report = r.refresh(ms(6_000)).await;
         assert_eq!(
             report,
