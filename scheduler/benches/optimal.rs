@@ -369,6 +369,14 @@ fn policies() -> Vec<(&'static str, TierPolicy)> {
                 ..TierPolicy::single(ScorerKind::DotProduct)
             },
         ),
+        (
+            "dot_product without repack or empty-host gate",
+            TierPolicy {
+                repack: false,
+                empty_host_gate: 0,
+                ..TierPolicy::single(ScorerKind::DotProduct)
+            },
+        ),
         ("l2_best_fit", TierPolicy::single(ScorerKind::L2BestFit)),
         (
             "blend without repack",

@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench -p ebb-scheduler --bench packing` (all sections, about
 //! 10 minutes on 2 cores), or name sections after `--`: `memory`, `fenzo`,
-//! `mixed`, `mixed50k`, `sweep`. Every random draw comes from a fixed seed,
+//! `mixed`, `mixed-shuffled`, `mixed50k`, `sweep`. Every random draw comes from a fixed seed,
 //! so the counts are the same on every machine; only the times vary.
 //!
 //! 1. Fenzo's shape (10,000 × 8 vCPU hosts, 1 vCPU tasks, 200 per round,
@@ -276,6 +276,13 @@ fn mixed_policies() -> Vec<(&'static str, TierPolicy)> {
         },
     ));
     out.push((
+        "dot_product, no empty-host gate",
+        TierPolicy {
+            empty_host_gate: 0,
+            ..TierPolicy::single(ScorerKind::DotProduct)
+        },
+    ));
+    out.push((
         "first feasible (max 1)",
         TierPolicy {
             max_hosts_scored: Some(1),
@@ -317,16 +324,38 @@ fn pack(policy: &TierPolicy, n_hosts: u32, work: &[Resources]) -> (u64, u64, u64
     (placed, n as u64 - placed, used, secs, per)
 }
 
-fn mixed(n_hosts: u32, policies: &[(&'static str, TierPolicy)]) {
-    println!(
-        "## Mixed shapes: 4 dimensions, lower bound at 60% of the fleet, largest request first\n"
-    );
+/// The submit order of a mixed workload.
+#[derive(Copy, Clone, PartialEq)]
+enum Order {
+    /// Largest first by the sum of capacity fractions (`workload`'s order).
+    LargestFirst,
+    /// A seeded shuffle of the same requests: work as teams submit it.
+    Shuffled,
+}
+
+fn mixed(n_hosts: u32, policies: &[(&'static str, TierPolicy)], order: Order) {
+    if order == Order::LargestFirst {
+        println!(
+            "## Mixed shapes: 4 dimensions, lower bound at 60% of the fleet, largest request first\n"
+        );
+    } else {
+        println!(
+            "## Mixed shapes: 4 dimensions, lower bound at 60% of the fleet, shuffled submit order\n"
+        );
+    }
     println!(
         "| hosts | mix | policy | tasks | unplaced | hosts used | lower bound | used / bound | vs first feasible | placements/s | hosts examined/placement |"
     );
     println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for mix in [Mix::Uniform, Mix::Complementary] {
-        let (work, bound) = workload(mix, n_hosts, 0.6, 0xEBB0_0000 + u64::from(n_hosts));
+        let (mut work, bound) = workload(mix, n_hosts, 0.6, 0xEBB0_0000 + u64::from(n_hosts));
+        if order == Order::Shuffled {
+            // Fisher-Yates from a fixed seed.
+            let mut rng = Rng(0x5EED);
+            for i in (1..work.len()).rev() {
+                work.swap(i, rng.range(0, i as u64) as usize);
+            }
+        }
         let results: Vec<_> = policies
             .iter()
             .map(|(name, p)| (*name, pack(p, n_hosts, &work)))
@@ -438,7 +467,7 @@ fn memory() {
 
 fn main() {
     // `cargo bench` passes `--bench`; other arguments pick sections:
-    // `memory`, `fenzo`, `mixed` (10,000 hosts), `mixed50k`, `sweep`.
+    // `memory`, `fenzo`, `mixed` (10,000 hosts), `mixed-shuffled`, `mixed50k`, `sweep`.
     // No section argument runs them all.
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -452,7 +481,26 @@ fn main() {
         fenzo_fill();
     }
     if run("mixed") {
-        mixed(10_000, &mixed_policies());
+        mixed(10_000, &mixed_policies(), Order::LargestFirst);
+    }
+    if run("mixed-shuffled") {
+        // The same requests submitted in a random order: what round
+        // repacking's largest-first replay (rounds over 512 tasks) buys,
+        // with and without it.
+        let mut policies = Vec::new();
+        for (name, p) in mixed_policies() {
+            if name == "cpu_mem_bin_pack" || name == "dot_product" {
+                policies.push((name, p.clone()));
+                let off: &'static str = if name == "dot_product" {
+                    "dot_product without repack"
+                } else {
+                    "cpu_mem_bin_pack without repack"
+                };
+                policies.push((off, TierPolicy { repack: false, ..p }));
+            }
+        }
+        policies.push(mixed_policies().pop().expect("the baseline is last"));
+        mixed(10_000, &policies, Order::Shuffled);
     }
     if run("mixed50k") {
         // At 50,000 hosts only the default scorer, the best one and the
@@ -463,7 +511,7 @@ fn main() {
                 *n == "cpu_mem_bin_pack" || *n == "dot_product" || n.starts_with("first")
             })
             .collect();
-        mixed(50_000, &policies);
+        mixed(50_000, &policies, Order::LargestFirst);
     }
     if run("sweep") {
         sweep();

@@ -178,8 +178,9 @@ fn arb_policy() -> impl Strategy<Value = TierPolicy> {
         prop::sample::select(vec![0.5, 0.95, 1.0]),
         prop::option::of(1u32..=4),
         prop::bool::ANY,
+        prop::sample::select(vec![0u32, 1, 32]),
     )
-        .prop_map(|(a, b, good_enough, max_hosts_scored, repack)| {
+        .prop_map(|(a, b, good_enough, max_hosts_scored, repack, gate)| {
             let mut policy = TierPolicy::single(a);
             if let Some(b) = b {
                 policy.scorers.push((b, 0.5));
@@ -187,6 +188,7 @@ fn arb_policy() -> impl Strategy<Value = TierPolicy> {
             policy.good_enough = good_enough;
             policy.max_hosts_scored = max_hosts_scored;
             policy.repack = repack;
+            policy.empty_host_gate = gate;
             policy
         })
 }

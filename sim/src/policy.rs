@@ -14,8 +14,12 @@ pub const BUILTIN: [(&str, &str); 11] = [
         "spread",
         "flex.scorers = [['spread', 1.0]]\nflex.search_order = 'loosest_first'",
     ),
-    // Tetris-style alignment of the request with each host's free shape.
-    ("dot-product", "flex.scorers = [['dot_product', 1.0]]"),
+    // Tetris-style alignment of the request with each host's free shape,
+    // gated so it does not open empty hosts on small fleets.
+    (
+        "dot-product",
+        "flex.scorers = [['dot_product', 1.0]]\nflex.empty_host_gate = 32",
+    ),
     // Least leftover in all dimensions together.
     ("l2-best-fit", "flex.scorers = [['l2_best_fit', 1.0]]"),
     // Bin-packing plus a preference for hosts already carrying flex work,

@@ -10,7 +10,9 @@
 //!      │ feasible
 //!      ▼
 //!  weighted scorers (one [0,1] scale) ──▶ keep the best; stop early when a host is
-//!                                         "good enough" or enough hosts were scored
+//!                                         "good enough", enough hosts were scored, or
+//!                                         the walk reaches an empty host after enough
+//!                                         used ones (`TierPolicy::empty_host_gate`)
 //! ```
 
 use crate::model::index::{Fit, IndexDim, NO_FLEX, pool_of_part};
@@ -121,6 +123,10 @@ impl Pipeline {
         let min_free = dim.amount(request);
         let loosest_first = policy.search_order == SearchOrder::LoosestFirst;
         let max_scored = policy.max_hosts_scored.map_or(u32::MAX, |m| m.max(1));
+        // How many used hosts must have been scored before the walk stops
+        // at an empty one (`TierPolicy::empty_host_gate`).
+        let gate = (policy.empty_host_gate > 0 && !loosest_first)
+            .then(|| (state.index.len() as u32 / policy.empty_host_gate).clamp(1, max_scored));
 
         let mut best: Option<(f64, HostIdx)> = None;
         let mut n_feasible = 0u32;
@@ -142,6 +148,9 @@ impl Pipeline {
             n_examined += 1;
             match self.check(view, job, host_idx) {
                 Ok(()) => {
+                    if gate.is_some_and(|k| n_feasible >= k) && view.allocated(host_idx).is_zero() {
+                        break;
+                    }
                     let score = self.score(policy, view, job, host_idx);
                     n_feasible += 1;
                     if best.is_none_or(|(s, _)| score > s) {
@@ -315,5 +324,67 @@ mod tests {
             n_found > 50 && n_not_found > 50,
             "{n_found} found, {n_not_found} not"
         );
+    }
+
+    /// The search's answer on a fleet of `n_used` hosts each holding a
+    /// 6 vCPU / 4 GiB task and `n_empty` empty ones (8 vCPU, 32 GiB), for
+    /// a balanced 1 vCPU / 4 GiB request under dot product. By hand: a used
+    /// host's free fractions are (0.25, 0.875), cosine
+    /// (0.125·0.25 + 0.125·0.875) / (0.177 · 0.910) = 0.874; an empty
+    /// host's are (1, 1), cosine 1.0. So every empty host outscores every
+    /// used one, and which kind wins says whether the search scored an
+    /// empty host at all.
+    fn takes_an_empty_host(n_used: u64, n_empty: u64, gate: u32, order: SearchOrder) -> bool {
+        let mut fleet = Fleet::new();
+        fleet.state.config.critical = TierPolicy {
+            empty_host_gate: gate,
+            search_order: order,
+            ..TierPolicy::single(crate::spec::config::ScorerKind::DotProduct)
+        };
+        let mut empty = Vec::new();
+        for i in 0..n_used + n_empty {
+            let h = fleet.host(host_spec(&format!("h{i}"), "z", 8, 32));
+            if i < n_used {
+                let mut load = job_spec(100 + i, Resources::cpu_mem(6_000, 4_096), vec![]);
+                load.tier = Tier::Critical;
+                let load = fleet.job(load);
+                fleet.place(load, h);
+            } else {
+                empty.push(h);
+            }
+        }
+        let mut spec = job_spec(1, Resources::cpu_mem(1_000, 4_096), vec![]);
+        spec.tier = Tier::Critical;
+        let job = fleet.job(spec);
+        let overlay = Overlay::default();
+        let view = View::new(&fleet.state, &overlay);
+        match Pipeline::default().search(&view, &fleet.state.jobs[&job]) {
+            SearchOutcome::Found { host_idx, .. } => empty.contains(&host_idx),
+            SearchOutcome::NotFound { reasons, .. } => panic!("nothing found: {reasons:?}"),
+        }
+    }
+
+    /// `TierPolicy::empty_host_gate`: k = clamp(active hosts / gate, 1,
+    /// max_hosts_scored) used hosts must be scored before the walk stops at
+    /// an empty one.
+    #[test]
+    fn the_empty_host_gate_keeps_small_fleets_on_used_hosts() {
+        use SearchOrder::{LoosestFirst, TightestFirst};
+        // 5 hosts: k = 1, so the one used host that fits wins.
+        assert!(!takes_an_empty_host(1, 4, 32, TightestFirst));
+        // Without the gate dot product opens a host, as it used to.
+        assert!(takes_an_empty_host(1, 4, 0, TightestFirst));
+        // 64 hosts: k = 2. One used host is not enough choice...
+        assert!(takes_an_empty_host(1, 63, 32, TightestFirst));
+        // ...two are.
+        assert!(!takes_an_empty_host(2, 62, 32, TightestFirst));
+        // 128 hosts: k = 4.
+        assert!(takes_an_empty_host(3, 125, 32, TightestFirst));
+        assert!(!takes_an_empty_host(4, 124, 32, TightestFirst));
+        // 320 hosts: k = 10 capped at max_hosts_scored (8), so on a large
+        // fleet the search scores as many hosts as without the gate.
+        assert!(takes_an_empty_host(7, 313, 32, TightestFirst));
+        // A loosest-first search spreads on purpose: the gate does not apply.
+        assert!(takes_an_empty_host(1, 4, 32, LoosestFirst));
     }
 }

@@ -11,6 +11,8 @@
 //!                                     gangs all or none; then the tier's own
 //!      (policy::repack)               placements repacked onto fewer hosts
 //!                                     if every checker accepts the moves
+//!                                     (over 512 tasks: placed again largest
+//!                                     first, kept if it opens fewer hosts)
 //!   3. room for critical tasks         flex victims for critical work that
 //!      (policy::preempt)               only lacks room (gangs: all or none)
 //!   4. clearing prices (policy::pricing)
@@ -862,7 +864,7 @@ impl Planner<'_> {
         let state = self.state;
         let n = self.assignments.len() - first;
         let placements = self.overlay.placements();
-        if !(2..=REPACK_MAX_TASKS).contains(&n) || placements.len() < n {
+        if n < 2 || placements.len() < n {
             self.overlay.keep(mark);
             return;
         }
@@ -874,22 +876,7 @@ impl Planner<'_> {
                 .all(|(p, a)| p.0 == a.run.task),
             "the overlay's last placements are the tier's assignments"
         );
-        let movable = |task: TaskId| {
-            let spec = &state.jobs[&task.job].spec;
-            spec.hard_constraints.is_empty()
-                && spec.soft_constraints.is_empty()
-                && spec.request.gpus == 0
-                && spec.request.scalars.is_empty()
-        };
-        let load = |r: &Resources| -> Load {
-            [
-                r.cpu_millis,
-                r.memory_mib,
-                r.disk_mib,
-                r.network_mbps,
-                r.gpus,
-            ]
-        };
+        let movable = |task: TaskId| movable(state, task);
         let mut requests = placed
             .iter()
             .filter(|&&(t, _)| movable(t))
@@ -900,6 +887,19 @@ impl Planner<'_> {
             self.overlay.keep(mark);
             return;
         }
+        if n > REPACK_MAX_TASKS {
+            self.replace_largest_first(tier, first, &placed, mark);
+            return;
+        }
+        let load = |r: &Resources| -> Load {
+            [
+                r.cpu_millis,
+                r.memory_mib,
+                r.disk_mib,
+                r.network_mbps,
+                r.gpus,
+            ]
+        };
         // The touched hosts in first-touch order, and each movable task's slot.
         let mut slot_of: FxMap<HostIdx, usize> = FxMap::default();
         let mut host_idxs: Vec<HostIdx> = Vec::new();
@@ -940,19 +940,39 @@ impl Planner<'_> {
             self.overlay.keep(mark);
             return;
         };
-        // Replay: every placement, movable or not, in decision order.
-        let old: Vec<Assignment> = self.assignments[first..].to_vec();
+        let mut proposal = proposal.into_iter();
+        let new_hosts: Vec<HostIdx> = placed
+            .iter()
+            .map(|&(task, h_old)| {
+                if movable(task) {
+                    host_idxs[proposal.next().expect("one proposal per movable task")]
+                } else {
+                    h_old
+                }
+            })
+            .collect();
         self.overlay.rollback(state, mark);
+        self.adopt_hosts(tier, first, &placed, &new_hosts);
+    }
+
+    /// Replays the tier's placements (`placed`, in decision order) onto
+    /// `new_hosts` through every checker, in decision order, and keeps the
+    /// result only if every placement passes; otherwise puts every task
+    /// back on its admission host. The overlay must be at the tier's start
+    /// (its checkpoint rolled back).
+    fn adopt_hosts(
+        &mut self,
+        tier: Tier,
+        first: usize,
+        placed: &[(TaskId, HostIdx)],
+        new_hosts: &[HostIdx],
+    ) {
+        let state = self.state;
+        let old: Vec<Assignment> = self.assignments[first..].to_vec();
         let mark = self.overlay.checkpoint();
         let policy = state.config.policy(tier);
-        let mut proposal = proposal.into_iter();
         let mut ok = true;
-        for (k, &(task, h_old)) in placed.iter().enumerate() {
-            let h = if movable(task) {
-                host_idxs[proposal.next().expect("one proposal per movable task")]
-            } else {
-                h_old
-            };
+        for (k, (&(task, _), &h)) in placed.iter().zip(new_hosts).enumerate() {
             let job = &state.jobs[&task.job];
             let view = self.view();
             if self.pipeline.check(&view, job, h).is_err() {
@@ -967,17 +987,130 @@ impl Planner<'_> {
         }
         if !ok {
             self.overlay.rollback(state, mark);
-            let mark = self.overlay.checkpoint();
-            for &(task, h) in &placed {
-                self.overlay.charge(state, task, h, true);
-            }
-            self.overlay.keep(mark);
-            self.assignments.truncate(first);
-            self.assignments.extend(old);
+            self.restore(first, placed, old);
             return;
         }
         self.overlay.keep(mark);
     }
+
+    /// Puts the tier's placements back on their admission hosts (the
+    /// overlay at the tier's start) with their admission assignments.
+    fn restore(&mut self, first: usize, placed: &[(TaskId, HostIdx)], old: Vec<Assignment>) {
+        let mark = self.overlay.checkpoint();
+        for &(task, h) in placed {
+            self.overlay.charge(self.state, task, h, true);
+        }
+        self.overlay.keep(mark);
+        self.assignments.truncate(first);
+        self.assignments.extend(old);
+    }
+
+    /// Round repacking for a tier round too big for the local search
+    /// (over [`REPACK_MAX_TASKS`]): the admission placed tasks in
+    /// weighted-DRF and priority order, which can interleave small and
+    /// large requests; first-fit-decreasing's lesson is that large first
+    /// packs better. So the tier's movable tasks are placed again, largest
+    /// first: by the sum of their shares of the active fleet's capacity
+    /// over every dimension (ties: larger dominant share, then decision
+    /// order), each by the full host search, after
+    /// the tier's other placements are put back where admission put them.
+    /// Who is admitted does not change (the same tasks, so tier order,
+    /// fair share and gangs are as admission decided); only hosts do, and
+    /// only if the new layout opens fewer hosts (hosts that held nothing
+    /// before the tier) and every placement then passes every checker again
+    /// in decision order ([`Planner::adopt_hosts`]). A search that finds no
+    /// host, or a layout no better, restores admission's. Skipped when the
+    /// movable tasks were already admitted largest first. Like the local
+    /// search's, its work is not counted in the round's stats (hosts
+    /// examined count admission's searches only).
+    fn replace_largest_first(
+        &mut self,
+        tier: Tier,
+        first: usize,
+        placed: &[(TaskId, HostIdx)],
+        mark: Mark,
+    ) {
+        let state = self.state;
+        let capacity = &state.active_capacity;
+        let size = |k: usize| -> (f64, f64) {
+            let f = state.jobs[&placed[k].0.job]
+                .spec
+                .request
+                .fractions_of(capacity);
+            (f.iter().sum(), f.iter().copied().fold(0.0, f64::max))
+        };
+        let mut order: Vec<(usize, (f64, f64))> = (0..placed.len())
+            .filter(|&k| movable(state, placed[k].0))
+            .map(|k| (k, size(k)))
+            .collect();
+        let larger = |a: &(f64, f64), b: &(f64, f64)| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1));
+        if order.windows(2).all(|w| larger(&w[0].1, &w[1].1).is_le()) {
+            self.overlay.keep(mark);
+            return;
+        }
+        order.sort_by(|a, b| larger(&a.1, &b.1).then(a.0.cmp(&b.0)));
+        // Hosts admission opened: touched by the tier, holding nothing else.
+        let mut tier_load: FxMap<HostIdx, Resources> = FxMap::default();
+        for &(task, h) in placed {
+            let r = &state.jobs[&task.job].spec.request;
+            tier_load
+                .entry(h)
+                .or_default()
+                .checked_add_assign(r)
+                .expect("placed load fits");
+        }
+        let view = self.view();
+        let n_opened_before = tier_load
+            .iter()
+            .filter(|&(&h, load)| view.allocated(h) == load)
+            .count();
+        let old: Vec<Assignment> = self.assignments[first..].to_vec();
+        self.overlay.rollback(state, mark);
+        let mark = self.overlay.checkpoint();
+        let mut opened: FxMap<HostIdx, bool> = FxMap::default();
+        let mut new_hosts: Vec<HostIdx> = placed.iter().map(|&(_, h)| h).collect();
+        for &(task, h) in placed.iter().filter(|&&(t, _)| !movable(state, t)) {
+            opened
+                .entry(h)
+                .or_insert_with(|| self.view().allocated(h).is_zero());
+            self.overlay.charge(state, task, h, true);
+        }
+        let mut ok = true;
+        for &(k, _) in &order {
+            let task = placed[k].0;
+            let job = &state.jobs[&task.job];
+            match self.pipeline.search(&self.view(), job) {
+                SearchOutcome::Found { host_idx, .. } => {
+                    opened
+                        .entry(host_idx)
+                        .or_insert_with(|| self.view().allocated(host_idx).is_zero());
+                    self.overlay.charge(state, task, host_idx, true);
+                    new_hosts[k] = host_idx;
+                }
+                SearchOutcome::NotFound { .. } => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        self.overlay.rollback(state, mark);
+        let n_opened_after = opened.values().filter(|&&o| o).count();
+        if ok && n_opened_after < n_opened_before {
+            self.adopt_hosts(tier, first, placed, &new_hosts);
+        } else {
+            self.restore(first, placed, old);
+        }
+    }
+}
+
+/// Whether round repacking may move `task`: no hard or soft constraints,
+/// GPUs or named scalars (the rest stay where admission put them).
+fn movable(state: &State, task: TaskId) -> bool {
+    let spec = &state.jobs[&task.job].spec;
+    spec.hard_constraints.is_empty()
+        && spec.soft_constraints.is_empty()
+        && spec.request.gpus == 0
+        && spec.request.scalars.is_empty()
 }
 
 #[cfg(test)]

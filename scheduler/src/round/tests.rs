@@ -72,6 +72,7 @@ fn class_steps_decide_exactly_what_one_search_per_task_decides() {
         policy.good_enough = rng.pick(&[0.5, 0.95, 1.0]);
         policy.max_hosts_scored = rng.pick(&[None, Some(1), Some(3), Some(8)]);
         policy.repack = rng.below(2) == 0;
+        policy.empty_host_gate = rng.pick(&[0, 1, 2, 32]);
         let mut config = SchedulerConfig {
             critical: policy.clone(),
             flex: policy,

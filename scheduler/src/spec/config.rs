@@ -133,6 +133,24 @@ pub struct TierPolicy {
     /// log on a round of one shape, one with an unplaced task, or one over
     /// 512 tasks. docs/BENCHMARKS.md, "Round repacking", has the figures.
     pub repack: bool,
+    /// Keeps a scorer that can rank an empty host above a used one from
+    /// spreading a small fleet's work over every host. Dot product does:
+    /// an empty host's free shape is aligned with almost any request, so
+    /// while fewer than `max_hosts_scored` used hosts fit, an empty one is
+    /// scored and often wins. With a gate `g > 0`, a tightest-first search
+    /// stops at the first empty host once it has scored
+    /// `k = clamp(active hosts / g, 1, max_hosts_scored)` used hosts: on a
+    /// fleet of fewer than `2g` hosts any used host that fits is preferred
+    /// to opening one (k = 1); on a large fleet the search keeps its full
+    /// choice, so the hosts it holds open beyond a tight packing stay
+    /// near `1/g` of the fleet. `0` (the default) turns the gate off:
+    /// bin-packing scorers rank a used host above an empty one of the same
+    /// type anyway, and on mixed host types the gate would narrow their
+    /// choice. [`TierPolicy::single`] sets 32 for dot product.
+    /// Loosest-first searches (spreading on purpose) ignore it.
+    /// docs/BENCHMARKS.md, "Dot product without spreading", has the
+    /// figures behind 32.
+    pub empty_host_gate: u32,
 }
 
 impl Default for TierPolicy {
@@ -145,9 +163,13 @@ impl Default for TierPolicy {
     /// feasible host is 12-140x slower and packs no better. On Fenzo's
     /// shape 8 costs 0.54 ms per 200-task round against 0.45 ms for 1.
     /// Round repacking is on: with it every scorer reaches the proven
-    /// optimum on the 100-host snapshots, and CPU+memory bin-packing stays
-    /// the scorer because dot product spreads when tasks arrive a few per
-    /// round (docs/BENCHMARKS.md, "Round repacking").
+    /// optimum on the 100-host snapshots. CPU+memory bin-packing stays the
+    /// scorer: dot product (with its empty-host gate, which keeps it from
+    /// spreading on small fleets) packs a 10,000-host one-shot fill 5%
+    /// tighter, but in the simulator's scenarios, where work arrives a
+    /// little at a time, it used more hosts over the bound in 9 of 9 runs
+    /// and preempted more (docs/BENCHMARKS.md, "Dot product without
+    /// spreading").
     fn default() -> Self {
         TierPolicy {
             scorers: vec![(ScorerKind::CpuMemBinPack, 1.0)],
@@ -155,21 +177,30 @@ impl Default for TierPolicy {
             good_enough: 0.95,
             max_hosts_scored: Some(8),
             repack: true,
+            empty_host_gate: 0,
         }
     }
 }
 
 impl TierPolicy {
-    /// A policy using a single scorer with the default search bounds.
+    /// A policy using a single scorer with the default search bounds:
+    /// loosest-first for spreading, and the empty-host gate at 32 for dot
+    /// product (the one scorer that ranks an empty host above a used one).
     pub fn single(scorer: ScorerKind) -> Self {
         let search_order = if scorer == ScorerKind::Spread {
             SearchOrder::LoosestFirst
         } else {
             SearchOrder::TightestFirst
         };
+        let empty_host_gate = if scorer == ScorerKind::DotProduct {
+            32
+        } else {
+            0
+        };
         TierPolicy {
             scorers: vec![(scorer, 1.0)],
             search_order,
+            empty_host_gate,
             ..TierPolicy::default()
         }
     }
