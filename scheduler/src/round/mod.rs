@@ -744,7 +744,8 @@ impl<'a> Planner<'a> {
     /// task for which any of this fails; the next pick then searches.
     ///
     /// Each step counts one host examined (the search it replaces would
-    /// have counted the hosts before h too).
+    /// have counted the hosts before h too). The steps of one call are
+    /// charged to the overlay as one run ([`Overlay::open_run`]).
     fn place_class(&mut self, tier: Tier, job_id: JobId, cursor: &mut JobCursor) {
         let state = self.state;
         let job = &state.jobs[&job_id];
@@ -768,9 +769,10 @@ impl<'a> Planner<'a> {
             return;
         }
         let host_id = &state.hosts[h].spec.id;
-        // No search runs until the class ends, so h's index entry is moved
-        // once, at the end, instead of once per step.
-        self.overlay.defer_index(h);
+        // No search runs until the class ends, so h is charged as one run:
+        // its own figures (all that the checks and scores of a job without
+        // constraints read) step by step, the rest once, at the end.
+        self.overlay.open_run(h, job_id);
         while let Some(&index) = job
             .ready
             .range(cursor.last_index.map_or(0, |l| l + 1)..)
@@ -785,7 +787,7 @@ impl<'a> Planner<'a> {
                 break;
             }
             let task = TaskId::new(job_id, index);
-            self.overlay.charge(state, task, h, true);
+            self.overlay.add_to_run(state, task);
             let attempt = job.tasks[index as usize].attempt + 1;
             self.assignments.push(Assignment {
                 run: task.run(attempt),
@@ -799,7 +801,7 @@ impl<'a> Planner<'a> {
             cursor.n_placed += 1;
             last_score = score;
         }
-        self.overlay.flush_index(state);
+        self.overlay.close_run(state);
     }
 
     /// Places every ready task of a gang job, or none of them.
