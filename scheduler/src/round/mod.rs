@@ -732,9 +732,11 @@ impl<'a> Planner<'a> {
     /// tier, so one-by-one placement would pick this job's next task next.
     ///
     /// Why the search would choose h again (tightest-first walk, job without
-    /// hard or soft constraints, team without a cap, h already leased before
-    /// the last placement so no pool's supply and no index partition
-    /// changed): placing a task changes only h. h moves *earlier* in the
+    /// hard or soft constraints, team without a cap, and h already leased
+    /// before the last placement or in a pool without a supply, so no
+    /// leased total that a check reads changed; h's move between index
+    /// partitions does not reorder the walk, which merges them by key):
+    /// placing a task changes only h. h moves *earlier* in the
     /// walk (less free room), so the hosts walked before it are a subset of
     /// those walked before it last time, untouched, with the same
     /// feasibility and scores, all below h's old score; the feasible hosts
@@ -763,9 +765,16 @@ impl<'a> Planner<'a> {
             return;
         };
         let mut last_score = self.assignments.last().expect("just placed").score;
-        // A flex task that leased h changed its pool's supply and h's index
-        // partition: other hosts' feasibility may have changed.
-        if tier == Tier::Flex && self.view().n_flex(h) < 2 {
+        // A flex task that leased h changed its pool's leased total, which
+        // other hosts' supply checks read (and which partitions a flex
+        // search walks): their feasibility may have changed. Not so in a
+        // pool without a supply, where nothing reads that total; h's own
+        // move to the leased partition does not change the walk's order,
+        // which merges partitions by key.
+        if tier == Tier::Flex
+            && self.view().n_flex(h) < 2
+            && state.market.limits_leases(state.hosts[h].pool)
+        {
             return;
         }
         let host_id = &state.hosts[h].spec.id;
