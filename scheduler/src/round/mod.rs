@@ -324,11 +324,12 @@ impl<'a> Planner<'a> {
         // leases this round (the first flex task on a host without flex
         // work): with all-or-nothing gangs, a higher bid can lose while a
         // lower one wins, and the winner must not be priced above its bid.
+        // (The overlay's placements are the assignments, by host index.)
+        debug_assert_eq!(self.overlay.placements().len(), self.assignments.len());
         let mut won: FxMap<PoolIdx, Price> = FxMap::default();
         let mut new_leases: FxSet<HostIdx> = FxSet::default();
-        for a in &self.assignments {
-            let spec = &state.jobs[&a.run.task.job].spec;
-            let h = state.hosts.idx(&a.host).expect("assigned host exists");
+        for &(task, h) in self.overlay.placements() {
+            let spec = &state.jobs[&task.job].spec;
             if spec.tier == Tier::Flex && state.hosts[h].n_flex_tasks == 0 && new_leases.insert(h) {
                 let bid = spec.bid.unwrap_or(Price::ZERO);
                 let e = won.entry(state.hosts[h].pool).or_insert(bid);
@@ -782,11 +783,7 @@ impl<'a> Planner<'a> {
         // its own figures (all that the checks and scores of a job without
         // constraints read) step by step, the rest once, at the end.
         self.overlay.open_run(h, job_id);
-        while let Some(&index) = job
-            .ready
-            .range(cursor.last_index.map_or(0, |l| l + 1)..)
-            .next()
-        {
+        for &index in job.ready.range(cursor.last_index.map_or(0, |l| l + 1)..) {
             let view = self.view();
             if self.pipeline.check(&view, job, h).is_err() {
                 break;

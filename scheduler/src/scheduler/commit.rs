@@ -459,22 +459,33 @@ impl Scheduler {
         if placements.is_empty() {
             return;
         }
-        let mut order: Vec<HostIdx> = Vec::new();
-        let mut per_host: FxMap<HostIdx, Vec<TaskId>> = FxMap::default();
-        for &(task, h) in placements {
-            per_host
-                .entry(h)
-                .or_insert_with(|| {
-                    order.push(h);
-                    Vec::new()
-                })
-                .push(task);
-        }
-        for h in &order {
-            self.state.charge(*h, &per_host[h], true, now);
+        // The placements grouped by host (hosts in first-touch order, tasks
+        // in decision order): a stable sort by the host's first-touch slot,
+        // which leaves a round's usual runs (a host filled at once) as they
+        // are, and keeps a job's tasks on a host together for
+        // `State::charge` to add as one.
+        let mut hosts: Vec<HostIdx> = Vec::new();
+        let mut slot_of: FxMap<HostIdx, u32> = FxMap::default();
+        let mut grouped: Vec<(u32, TaskId)> = placements
+            .iter()
+            .map(|&(task, h)| {
+                let slot = *slot_of.entry(h).or_insert_with(|| {
+                    hosts.push(h);
+                    hosts.len() as u32 - 1
+                });
+                (slot, task)
+            })
+            .collect();
+        grouped.sort_by_key(|&(slot, _)| slot);
+        let tasks: Vec<TaskId> = grouped.iter().map(|&(_, task)| task).collect();
+        let mut start = 0;
+        for run in grouped.chunk_by(|a, b| a.0 == b.0) {
+            let end = start + run.len();
+            self.state
+                .charge(hosts[run[0].0 as usize], &tasks[start..end], true, now);
+            start = end;
         }
         debug_assert_eq!(overlay.check_applied(&self.state), Ok(()));
-        let mut holdings: Vec<(TaskId, HostIdx)> = Vec::new();
         for &(task, h) in placements {
             self.unready(task);
             let t = self.state.task_mut(task);
@@ -487,12 +498,11 @@ impl Scheduler {
             let request = self.state.jobs[&task.job].spec.request.clone();
             self.actions
                 .push_back(Action::Launch { run, host, request });
-            holdings.push((task, h));
         }
         if self.events.enabled {
             // One holding event per (team, pool) the commit changed.
             let mut seen = FxSet::default();
-            for (task, h) in holdings {
+            for &(task, h) in placements {
                 let key = (self.state.jobs[&task.job].team, self.state.hosts[h].pool);
                 if seen.insert(key) {
                     self.emit_holding(task, h, now);
