@@ -82,6 +82,34 @@ impl Pipeline {
             .try_for_each(|c| c.check(view, job, h, host))
     }
 
+    /// [`Pipeline::check`] for one more task of `job` on host `h`, for a job
+    /// without hard constraints, when `check` accepted `h` for the job's
+    /// previous task with an earlier task of the job already on `h` (class
+    /// steps after the first, `Planner::place_class`): only the resource
+    /// fit can have changed since.
+    ///
+    /// Why: the previous task changed `h`'s allocation, its flex count (not
+    /// whether it is zero: for a flex job the earlier task had made it
+    /// positive already), the team's and the job's counts, and nothing
+    /// else. Of the checkers, only `ResourceFitChecker` reads the
+    /// allocation. `HostStateChecker` and `GpuModelChecker` read the host's
+    /// state and spec; the attribute, unique-host and zone-balance checkers
+    /// read the job's counts only through its hard constraints, and it has
+    /// none; `PoolSupplyChecker` reads `h`'s reclaim mark and lease end,
+    /// whether it carries flex work, and its pool's leased total and
+    /// supply, none of which changed (`h` was leased already, so the total
+    /// did not move). A new checker that reads anything such a placement
+    /// changes must be run here too.
+    pub(crate) fn recheck_equal_task(
+        &self,
+        view: &View<'_>,
+        job: &Job,
+        h: HostIdx,
+    ) -> Result<(), Reason> {
+        debug_assert!(job.spec.hard_constraints.is_empty());
+        ResourceFitChecker.check(view, job, h, view.host(h))
+    }
+
     /// Runs only the placement constraints (not resource fit or supply):
     /// "could this host take the task if room were made?", for preemption.
     pub(crate) fn check_placement_constraints(

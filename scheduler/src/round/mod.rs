@@ -783,11 +783,22 @@ impl<'a> Planner<'a> {
         // its own figures (all that the checks and scores of a job without
         // constraints read) step by step, the rest once, at the end.
         self.overlay.open_run(h, job_id);
+        let mut first = true;
         for &index in job.ready.range(cursor.last_index.map_or(0, |l| l + 1)..) {
             let view = self.view();
-            if self.pipeline.check(&view, job, h).is_err() {
+            // The first step runs every checker (the search checked h before
+            // its own placement, which may have leased h); after a step on a
+            // host the job already had a task on, only the fit can change.
+            let feasible = if first {
+                self.pipeline.check(&view, job, h)
+            } else {
+                self.pipeline.recheck_equal_task(&view, job, h)
+            };
+            debug_assert_eq!(feasible, self.pipeline.check(&view, job, h));
+            if feasible.is_err() {
                 break;
             }
+            first = false;
             let score = self.pipeline.score(policy, &view, job, h);
             if score < last_score {
                 break;
