@@ -40,7 +40,7 @@ use crate::units::ids::{HostIdx, JobId, PoolIdx, TaskId, TeamIdx, ZoneIdx};
 use crate::units::ie::Ie;
 use crate::units::resources::Resources;
 use crate::units::time::Timestamp;
-use crate::util::{FxMap, FxSet};
+use crate::util::FxMap;
 
 /// A touched host's tentative figures.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,7 +59,7 @@ enum Undo {
     JobHost((JobId, HostIdx), Option<u32>),
     JobZone((JobId, ZoneIdx), Option<u32>),
     Group((Arc<str>, HostIdx), Option<u32>),
-    /// The last this many entries of `placements` (and `placed`).
+    /// The last this many entries of `placements`.
     Placements(u32),
 }
 
@@ -122,7 +122,6 @@ pub(crate) struct Overlay {
     job_hosts: FxMap<(JobId, HostIdx), u32>,
     job_zones: FxMap<(JobId, ZoneIdx), u32>,
     groups: FxMap<(Arc<str>, HostIdx), u32>,
-    placed: FxSet<TaskId>,
     /// Tentative placements in the order they were made.
     placements: Vec<(TaskId, HostIdx)>,
     undo: Vec<Undo>,
@@ -235,7 +234,10 @@ impl Overlay {
         let run = self.run.as_mut().expect("a run is open");
         assert_eq!(task.job, run.job, "a run charges one job");
         let job = &state.jobs[&task.job];
-        let d = self.hosts.get_mut(&run.host).expect("the run's host is touched");
+        let d = self
+            .hosts
+            .get_mut(&run.host)
+            .expect("the run's host is touched");
         d.allocated
             .checked_add_assign(&job.spec.request)
             .expect("tentative over-commit: feasibility not checked");
@@ -246,7 +248,6 @@ impl Overlay {
             d.n_flex_tasks += 1;
         }
         run.n_tasks += 1;
-        self.placed.insert(task);
         self.placements.push((task, run.host));
     }
 
@@ -513,7 +514,6 @@ impl Overlay {
 
         self.count_job(state, task.job, h, 1, add);
         if add {
-            self.placed.insert(task);
             self.placements.push((task, h));
             if self.depth > 0 {
                 self.undo.push(Undo::Placements(1));
@@ -558,10 +558,8 @@ impl Overlay {
                 Undo::JobZone(k, prev) => restore(&mut self.job_zones, k, prev),
                 Undo::Group(k, prev) => restore(&mut self.groups, k, prev),
                 Undo::Placements(n) => {
-                    for _ in 0..n {
-                        let (task, _) = self.placements.pop().expect("placement to undo");
-                        self.placed.remove(&task);
-                    }
+                    let n = self.placements.len() - n as usize;
+                    self.placements.truncate(n);
                 }
             }
         }
@@ -763,10 +761,6 @@ impl<'a> View<'a> {
             .unwrap_or(0)
     }
 
-    /// True if the task was placed in this overlay.
-    pub(crate) fn is_placed(&self, task: TaskId) -> bool {
-        self.overlay.placed.contains(&task)
-    }
 
     /// Active hosts with at least `min_free` free in `dim`, in tentative key
     /// order, less those `fit` passes over (see [`HostIndex::candidates`]).
