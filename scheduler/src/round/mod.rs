@@ -562,19 +562,33 @@ impl<'a> Planner<'a> {
 
     fn plan_tier(&mut self, tier: Tier) {
         // The repack (below) may take the tier's placements back: keep them
-        // undoable until it has decided.
-        let mark = self.overlay.checkpoint();
+        // undoable until it has decided. Unless it cannot: it moves only a
+        // mix of request shapes (see `repack_tier`), and if every job queued
+        // in the tier asks the same, no admission can place a mix. Then the
+        // overlay keeps no undo log (a copy of each figure a placement
+        // changes), which is most of what a charge costs in a big round.
+        let repack = self.state.config.policy(tier).repack && self.queue_mixes_requests(tier);
+        let mark = repack.then(|| self.overlay.checkpoint());
         let first = self.assignments.len();
         let failures_before = self.n_failed_searches;
         self.admit_tier(tier);
-        if self.n_failed_searches == failures_before && self.state.config.policy(tier).repack {
-            self.repack_tier(tier, first, mark);
-        } else {
-            // Repacking is off, or something found no host: its reason was
-            // learned against these placements (and may be cached for later
-            // rounds), so they stay.
-            self.overlay.keep(mark);
+        match mark {
+            Some(mark) if self.n_failed_searches == failures_before => {
+                self.repack_tier(tier, first, mark);
+            }
+            // Something found no host: its reason was learned against these
+            // placements (and may be cached for later rounds), so they stay.
+            Some(mark) => self.overlay.keep(mark),
+            None => {}
         }
+    }
+
+    /// True unless every job queued in `tier` has the same request.
+    fn queue_mixes_requests(&self, tier: Tier) -> bool {
+        let jobs = &self.state.jobs;
+        let mut requests = self.state.queue.jobs(tier).map(|j| &jobs[&j].spec.request);
+        let first = requests.next();
+        requests.any(|r| Some(r) != first)
     }
 
     /// The tier's admission: teams in weighted-DRF order, one task per pick,
