@@ -527,7 +527,9 @@ impl Market {
     /// and [`Market::can_lease_with`] is true whatever is leased, so a new
     /// lease changes no other host's feasibility.
     pub(crate) fn limits_leases(&self, pool: PoolIdx) -> bool {
-        self.pools.get(pool.get()).is_some_and(|p| p.supply.is_some())
+        self.pools
+            .get(pool.get())
+            .is_some_and(|p| p.supply.is_some())
     }
 
     /// True if flex work may lease some host of this pool that carries no

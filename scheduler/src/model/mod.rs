@@ -229,7 +229,9 @@ impl State {
         let indexed = host.state == HostState::Active;
         let was_leased = host.n_flex_tasks > 0;
         let held_before: Vec<(host::ShareKey, crate::units::ie::Ie)> = host.holdings().collect();
-        self.hosts[host_idx].tasks.reserve(if add { tasks.len() } else { 0 });
+        self.hosts[host_idx]
+            .tasks
+            .reserve(if add { tasks.len() } else { 0 });
         // Tasks of one job come in runs (commit applies a round's placements
         // host by host, in decision order, and class steps place a job's
         // tasks together): each run is one change of n equal requests.

@@ -265,7 +265,8 @@ fn class_steps_fill_a_newly_leased_host_in_a_pool_without_supply() {
     });
     s.set_event_feed(false);
     for i in 0..6 {
-        s.handle_host_added(Timestamp::ZERO, host(i, 8, 32)).unwrap();
+        s.handle_host_added(Timestamp::ZERO, host(i, 8, 32))
+            .unwrap();
     }
     s.handle_job_submitted(Timestamp::ZERO, job(1, "enc", Tier::Flex, 40, 1000, 1024))
         .unwrap();
