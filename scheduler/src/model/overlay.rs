@@ -761,7 +761,6 @@ impl<'a> View<'a> {
             .unwrap_or(0)
     }
 
-
     /// Active hosts with at least `min_free` free in `dim`, in tentative key
     /// order, less those `fit` passes over (see [`HostIndex::candidates`]).
     pub(crate) fn candidates(

@@ -306,7 +306,11 @@ mod tests {
             .into_iter()
             .filter(|c| c.checks_hard_constraints_only())
             .collect();
-        assert_eq!(skipped.len(), 4, "attribute, GPU model, unique host, zone balance");
+        assert_eq!(
+            skipped.len(),
+            4,
+            "attribute, GPU model, unique host, zone balance"
+        );
         for c in &skipped {
             for &h in &hosts {
                 assert_eq!(c.check(&view, job, h, view.host(h)), Ok(()), "{c:?}");
