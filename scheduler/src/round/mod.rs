@@ -751,18 +751,20 @@ impl<'a> Planner<'a> {
     /// before the last placement or in a pool without a supply, so no
     /// leased total that a check reads changed; h's move between index
     /// partitions does not reorder the walk, which merges them by key):
-    /// placing a task changes only h. h moves *earlier* in the
-    /// walk (less free room), so the hosts walked before it are a subset of
-    /// those walked before it last time, untouched, with the same
-    /// feasibility and scores, all below h's old score; the feasible hosts
-    /// scored are the same set as before. So if h still passes every checker
-    /// and its new score is at least its old one, it is still the first host
-    /// with the highest score: the search would return h. Stops at the first
-    /// task for which any of this fails; the next pick then searches.
+    /// placing a task changes only h. h moves *earlier* in the walk (less
+    /// free room), so the hosts walked before it are a subset of those
+    /// walked before it last time, untouched, with the same feasibility and
+    /// scores, all below h's old score; the feasible hosts scored are the
+    /// same set as before. So if h still passes every checker and its new
+    /// score is at least its old one, it is still the first host with the
+    /// highest score: the search would return h. Stops at the first task for
+    /// which any of this fails; the next pick then searches.
     ///
-    /// Each step counts one host examined (the search it replaces would
-    /// have counted the hosts before h too). The steps of one call are
-    /// charged to the overlay as one run ([`Overlay::open_run`]).
+    /// The check is the whole pipeline on the first step and the resource
+    /// fit alone after it ([`Pipeline::recheck_equal_task`] says why). Each
+    /// step counts one host examined (the search it replaces would have
+    /// counted the hosts before h too). The steps of one call are charged to
+    /// the overlay as one run ([`Overlay::open_run`]).
     fn place_class(&mut self, tier: Tier, job_id: JobId, cursor: &mut JobCursor) {
         let state = self.state;
         let job = &state.jobs[&job_id];
