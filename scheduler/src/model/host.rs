@@ -68,23 +68,24 @@ impl Host {
             })
     }
 
-    /// Adds (or removes) a flex task's share for `key`.
-    pub(crate) fn add_share(&mut self, key: ShareKey, share: u64, add: bool) {
+    /// Adds (or removes) the shares of `n` flex tasks of `share` each for `key`.
+    pub(crate) fn add_share(&mut self, key: ShareKey, share: u64, n: u32, add: bool) {
         let pos = self.flex_shares.iter().position(|(k, _, _)| *k == key);
+        let share = share * u64::from(n);
         if add {
             match pos {
                 Some(i) => {
                     self.flex_shares[i].1 += share;
-                    self.flex_shares[i].2 += 1;
+                    self.flex_shares[i].2 += n;
                 }
-                None => self.flex_shares.push((key, share, 1)),
+                None => self.flex_shares.push((key, share, n)),
             }
             self.flex_share_total += share;
         } else {
             let i = pos.expect("a team removes only shares it added");
             let entry = &mut self.flex_shares[i];
             entry.1 = entry.1.checked_sub(share).expect("share sum");
-            entry.2 = entry.2.checked_sub(1).expect("share count");
+            entry.2 = entry.2.checked_sub(n).expect("share count");
             self.flex_share_total = self
                 .flex_share_total
                 .checked_sub(share)

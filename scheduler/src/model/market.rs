@@ -521,6 +521,17 @@ impl Market {
         !self.has_forecast(p, now) || self.min_forecast_supply(p, now, until) > pool.leased
     }
 
+    /// True if the pool has a supply, so that its leased total can change
+    /// a placement check: without one (a pool the shell never configured)
+    /// `PoolSupplyChecker` accepts flex work on any host not being reclaimed
+    /// and [`Market::can_lease_with`] is true whatever is leased, so a new
+    /// lease changes no other host's feasibility.
+    pub(crate) fn limits_leases(&self, pool: PoolIdx) -> bool {
+        self.pools
+            .get(pool.get())
+            .is_some_and(|p| p.supply.is_some())
+    }
+
     /// True if flex work may lease some host of this pool that carries no
     /// flex work now. When false, a flex search need not visit such hosts.
     ///

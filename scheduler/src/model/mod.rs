@@ -229,63 +229,76 @@ impl State {
         let indexed = host.state == HostState::Active;
         let was_leased = host.n_flex_tasks > 0;
         let held_before: Vec<(host::ShareKey, crate::units::ie::Ie)> = host.holdings().collect();
-        for &task in tasks {
-            let job = self.jobs.get_mut(&task.job).expect("charged job exists");
+        self.hosts[host_idx]
+            .tasks
+            .reserve(if add { tasks.len() } else { 0 });
+        // Tasks of one job come in runs (commit applies a round's placements
+        // host by host, in decision order, and class steps place a job's
+        // tasks together): each run is one change of n equal requests.
+        for run in tasks.chunk_by(|a, b| a.job == b.job) {
+            let job = self.jobs.get_mut(&run[0].job).expect("charged job exists");
+            let n = run.len() as u32;
             let host = &mut self.hosts[host_idx];
-            let request = &job.spec.request;
+            let request = job
+                .spec
+                .request
+                .checked_mul(u64::from(n))
+                .expect("charged tasks fit on one host");
             let tier = job.spec.tier;
             let team = &mut self.teams[job.team.get()].allocated[tier.index()];
             if add {
                 host.allocated
-                    .checked_add_assign(request)
+                    .checked_add_assign(&request)
                     .expect("host over-committed: feasibility not checked");
                 self.allocated
-                    .checked_add_assign(request)
+                    .checked_add_assign(&request)
                     .expect("cluster allocation overflow");
-                team.checked_add_assign(request)
+                team.checked_add_assign(&request)
                     .expect("team allocation overflow");
-                host.tasks.push(task);
-                job.n_placed += 1;
+                host.tasks.extend_from_slice(run);
+                job.n_placed += n;
             } else {
                 host.allocated
-                    .checked_sub_assign(request)
+                    .checked_sub_assign(&request)
                     .expect("released more than allocated on host");
                 self.allocated
-                    .checked_sub_assign(request)
+                    .checked_sub_assign(&request)
                     .expect("released more than allocated");
-                team.checked_sub_assign(request)
+                team.checked_sub_assign(&request)
                     .expect("released more than team holds");
-                let pos = host
-                    .tasks
-                    .iter()
-                    .position(|t| *t == task)
-                    .expect("host lists its tasks");
-                host.tasks.remove(pos);
-                job.n_placed = job.n_placed.checked_sub(1).expect("placed count");
+                for task in run {
+                    let pos = host
+                        .tasks
+                        .iter()
+                        .position(|t| t == task)
+                        .expect("host lists its tasks");
+                    host.tasks.remove(pos);
+                }
+                job.n_placed = job.n_placed.checked_sub(n).expect("placed count");
             }
             if tier == Tier::Flex {
                 host.n_flex_tasks = if add {
-                    host.n_flex_tasks + 1
+                    host.n_flex_tasks + n
                 } else {
-                    host.n_flex_tasks.checked_sub(1).expect("flex count")
+                    host.n_flex_tasks.checked_sub(n).expect("flex count")
                 };
-                let share = dominant_ppm(request, &host.spec.capacity);
-                host.add_share((job.team, job.spec.bid), share, add);
+                let share = dominant_ppm(&job.spec.request, &host.spec.capacity);
+                host.add_share((job.team, job.spec.bid), share, n, add);
             }
             if job.tracks_placement {
                 let zone = host.zone.get();
                 if job.per_zone.len() <= zone {
                     job.per_zone.resize(zone + 1, 0);
                 }
-                bump(job.per_host.entry(host_idx).or_insert(0), add);
-                bump(&mut job.per_zone[zone], add);
+                bump(job.per_host.entry(host_idx).or_insert(0), n, add);
+                bump(&mut job.per_zone[zone], n, add);
                 if job.per_host[&host_idx] == 0 {
                     job.per_host.remove(&host_idx);
                 }
             }
             if let Some(group) = &job.unique_group {
                 let counts = self.unique_groups.entry(group.clone()).or_default();
-                bump(counts.entry(host_idx).or_insert(0), add);
+                bump(counts.entry(host_idx).or_insert(0), n, add);
                 if counts[&host_idx] == 0 {
                     counts.remove(&host_idx);
                 }
@@ -482,11 +495,12 @@ impl State {
     }
 }
 
-fn bump(n: &mut u32, add: bool) {
+/// Adds `by` to a count (`add`) or takes it off.
+fn bump(n: &mut u32, by: u32, add: bool) {
     *n = if add {
-        n.checked_add(1).expect("count overflow")
+        n.checked_add(by).expect("count overflow")
     } else {
-        n.checked_sub(1).expect("count below zero")
+        n.checked_sub(by).expect("count below zero")
     };
 }
 

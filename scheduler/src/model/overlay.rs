@@ -40,7 +40,7 @@ use crate::units::ids::{HostIdx, JobId, PoolIdx, TaskId, TeamIdx, ZoneIdx};
 use crate::units::ie::Ie;
 use crate::units::resources::Resources;
 use crate::units::time::Timestamp;
-use crate::util::{FxMap, FxSet};
+use crate::util::FxMap;
 
 /// A touched host's tentative figures.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,7 +59,8 @@ enum Undo {
     JobHost((JobId, HostIdx), Option<u32>),
     JobZone((JobId, ZoneIdx), Option<u32>),
     Group((Arc<str>, HostIdx), Option<u32>),
-    Placement,
+    /// The last this many entries of `placements`.
+    Placements(u32),
 }
 
 /// The fewest stale entries a committed partition must have before it is
@@ -121,16 +122,26 @@ pub(crate) struct Overlay {
     job_hosts: FxMap<(JobId, HostIdx), u32>,
     job_zones: FxMap<(JobId, ZoneIdx), u32>,
     groups: FxMap<(Arc<str>, HostIdx), u32>,
-    placed: FxSet<TaskId>,
     /// Tentative placements in the order they were made.
     placements: Vec<(TaskId, HostIdx)>,
     undo: Vec<Undo>,
     /// Open checkpoints; the undo log is kept only while this is non-zero.
     depth: u32,
-    /// A touched host whose index entry is left as it was (the figures
-    /// given) while a class step charges it task by task: see
-    /// [`Overlay::defer_index`].
-    deferred: Option<(HostIdx, HostDelta)>,
+    /// The class run being charged, if one is open: see [`Overlay::open_run`].
+    run: Option<ClassRun>,
+}
+
+/// Equal tasks of one job being charged to one host as one run of class
+/// steps (see [`Overlay::open_run`]).
+#[derive(Clone, Debug)]
+struct ClassRun {
+    host: HostIdx,
+    /// The host's figures when the run opened: its index entry stays at
+    /// them, and its undo record will hold them, until the run closes.
+    before: HostDelta,
+    job: JobId,
+    /// Tasks charged to the run so far.
+    n_tasks: u32,
 }
 
 /// A position in the undo log.
@@ -191,51 +202,128 @@ impl Overlay {
         &mut self.shadows[part]
     }
 
-    /// Leaves touched host `h`'s index entry where it is until
-    /// [`Overlay::flush_index`], which moves it once: for a run of class
-    /// steps, which charge one host task by task and search nothing in
-    /// between. Searches, rollbacks and commits must not happen meanwhile.
-    pub(crate) fn defer_index(&mut self, h: HostIdx) {
-        assert!(self.deferred.is_none(), "one deferred host at a time");
-        let delta = self.hosts.get(&h).expect("class steps follow a placement");
-        self.deferred = Some((h, delta.clone()));
+    /// Opens a run of class steps: tasks of `job` charged to host `h`
+    /// (already touched: a run follows the search that placed the job's
+    /// previous task there) by [`Overlay::add_to_run`], one at a time, and
+    /// accounted at [`Overlay::close_run`] as one change. Why: a run places
+    /// up to a host's worth of equal tasks with no search in between, and
+    /// charging them one by one moved the host in the index, copied its,
+    /// the team's and the job's figures and logged each for undo once per
+    /// task; a run does each once.
+    ///
+    /// While a run is open, only `h`'s allocation and flex count are
+    /// current: the team's allocation, the job's per-host, per-zone and
+    /// group counts and `h`'s index entry catch up at close. So until then
+    /// nothing may read those — class steps check and score only `h` for a
+    /// job without constraints, under no team cap — and no search,
+    /// checkpoint, rollback or other charge may happen.
+    pub(crate) fn open_run(&mut self, h: HostIdx, job: JobId) {
+        assert!(self.run.is_none(), "one class run at a time");
+        let before = self.hosts.get(&h).expect("a run follows a placement");
+        self.run = Some(ClassRun {
+            host: h,
+            before: before.clone(),
+            job,
+            n_tasks: 0,
+        });
     }
 
-    /// Moves the deferred host's index entry to its current figures.
-    pub(crate) fn flush_index(&mut self, state: &State) {
-        let Some((h, was)) = self.deferred.take() else {
+    /// Charges one more task of the open run's job to its host: the host's
+    /// allocation and flex count now, the rest at [`Overlay::close_run`].
+    pub(crate) fn add_to_run(&mut self, state: &State, task: TaskId) {
+        let run = self.run.as_mut().expect("a run is open");
+        assert_eq!(task.job, run.job, "a run charges one job");
+        let job = &state.jobs[&task.job];
+        let d = self
+            .hosts
+            .get_mut(&run.host)
+            .expect("the run's host is touched");
+        d.allocated
+            .checked_add_assign(&job.spec.request)
+            .expect("tentative over-commit: feasibility not checked");
+        if job.spec.tier == Tier::Flex {
+            // Leased already by the job's previous task: the pool's leased
+            // total does not change.
+            assert!(d.n_flex_tasks > 0, "a flex run's host is leased");
+            d.n_flex_tasks += 1;
+        }
+        run.n_tasks += 1;
+        self.placements.push((task, run.host));
+    }
+
+    /// Closes the open run (if any): moves its host's index entry once,
+    /// adds its tasks to the team's and the job's figures, and logs one
+    /// undo record per figure, as `n` calls of [`Overlay::charge`] would
+    /// have left them.
+    pub(crate) fn close_run(&mut self, state: &State) {
+        let Some(run) = self.run.take() else {
             return;
         };
-        let host = &state.hosts[h];
-        if host.state == HostState::Active {
-            let now = &self.hosts[&h];
-            let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
-            let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
-            self.index.update(
-                h,
-                host.rank,
-                part(&was),
-                &free(&was),
-                part(now),
-                &free(now),
-                host.has_gpus(),
-            );
+        let n = run.n_tasks;
+        if n == 0 {
+            return;
+        }
+        let (h, job) = (run.host, &state.jobs[&run.job]);
+        self.move_entry(state, h, &run.before);
+        if self.depth > 0 {
+            self.undo.push(Undo::Host(h, Some(run.before)));
+        }
+        let request = job
+            .spec
+            .request
+            .checked_mul(u64::from(n))
+            .expect("a run's request fits: its tasks fit on one host");
+        let team = job.team;
+        let mut alloc = self
+            .teams
+            .get(&team)
+            .cloned()
+            .unwrap_or_else(|| state.teams[team.get()].allocated.clone());
+        alloc[job.spec.tier.index()]
+            .checked_add_assign(&request)
+            .expect("team allocation overflow");
+        let prev = self.teams.insert(team, alloc);
+        if self.depth > 0 {
+            self.undo.push(Undo::Team(team, prev));
+        }
+        self.count_job(state, run.job, h, n, true);
+        if self.depth > 0 {
+            self.undo.push(Undo::Placements(n));
         }
     }
 
-    /// Replaces a host's tentative figures and re-indexes it (unless its
-    /// index entry is deferred).
+    /// Moves touched host `h`'s index entry from figures `was` to its
+    /// current ones (active hosts only: others are not indexed).
+    fn move_entry(&mut self, state: &State, h: HostIdx, was: &HostDelta) {
+        let host = &state.hosts[h];
+        if host.state != HostState::Active {
+            return;
+        }
+        let now = &self.hosts[&h];
+        let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
+        let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
+        self.index.update(
+            h,
+            host.rank,
+            part(was),
+            &free(was),
+            part(now),
+            &free(now),
+            host.has_gpus(),
+        );
+    }
+
+    /// Replaces a host's tentative figures and re-indexes it.
     fn set_host(&mut self, state: &State, h: HostIdx, new: HostDelta) {
+        debug_assert!(self.run.is_none(), "a charge inside a class run");
         let host = &state.hosts[h];
         let old = self.hosts.insert(h, new.clone());
-        let deferred = self.deferred.as_ref().is_some_and(|(d, _)| *d == h);
-        if host.state == HostState::Active && !deferred {
+        if host.state == HostState::Active {
             let part = |d: &HostDelta| crate::model::index::part_of(host.pool, d.n_flex_tasks > 0);
             let free = |d: &HostDelta| host.spec.capacity.saturating_sub(&d.allocated);
             let (rank, gpus) = (host.rank, host.has_gpus());
             if let Some(o) = &old {
-                self.index
-                    .update(h, rank, part(o), &free(o), part(&new), &free(&new), gpus);
+                self.move_entry(state, h, o);
             } else {
                 // A first touch: the host's committed entry is in `base_part`.
                 let base_part = host.index_part();
@@ -310,19 +398,55 @@ impl Overlay {
         }
     }
 
+    /// Adds (`add`) or takes `n` off a count, `base` if the overlay has none yet.
     fn set_count<K: std::hash::Hash + Eq + Clone>(
         map: &mut FxMap<K, u32>,
         key: K,
         base: u32,
+        n: u32,
         add: bool,
     ) -> Option<u32> {
         let current = map.get(&key).copied().unwrap_or(base);
         let new = if add {
-            current.checked_add(1).expect("count overflow")
+            current.checked_add(n).expect("count overflow")
         } else {
-            current.checked_sub(1).expect("count below zero")
+            current.checked_sub(n).expect("count below zero")
         };
         map.insert(key, new)
+    }
+
+    /// Adds (`add`) or takes `n` tasks of `job_id` off its per-host and
+    /// per-zone counts (if it keeps them) and its unique-host group's count
+    /// (if it has one) on host `h`.
+    fn count_job(&mut self, state: &State, job_id: JobId, h: HostIdx, n: u32, add: bool) {
+        let job = &state.jobs[&job_id];
+        if job.tracks_placement {
+            let key = (job_id, h);
+            let prev = Self::set_count(&mut self.job_hosts, key, job.on_host(h), n, add);
+            if self.depth > 0 {
+                self.undo.push(Undo::JobHost(key, prev));
+            }
+            let zone = state.hosts[h].zone;
+            let base = job.per_zone.get(zone.get()).copied().unwrap_or(0);
+            let key = (job_id, zone);
+            let prev = Self::set_count(&mut self.job_zones, key, base, n, add);
+            if self.depth > 0 {
+                self.undo.push(Undo::JobZone(key, prev));
+            }
+        }
+        if let Some(g) = &job.unique_group {
+            let base = state
+                .unique_groups
+                .get(g)
+                .and_then(|m| m.get(&h))
+                .copied()
+                .unwrap_or(0);
+            let key = (g.clone(), h);
+            let prev = Self::set_count(&mut self.groups, key.clone(), base, n, add);
+            if self.depth > 0 {
+                self.undo.push(Undo::Group(key, prev));
+            }
+        }
     }
 
     /// Places one task of `job` on host `h` tentatively (`add`), or takes
@@ -388,38 +512,11 @@ impl Overlay {
             self.undo.push(Undo::Team(team, prev));
         }
 
-        if job.tracks_placement {
-            let key = (task.job, h);
-            let prev = Self::set_count(&mut self.job_hosts, key, job.on_host(h), add);
-            if self.depth > 0 {
-                self.undo.push(Undo::JobHost(key, prev));
-            }
-            let zone = host.zone;
-            let base = job.per_zone.get(zone.get()).copied().unwrap_or(0);
-            let key = (task.job, zone);
-            let prev = Self::set_count(&mut self.job_zones, key, base, add);
-            if self.depth > 0 {
-                self.undo.push(Undo::JobZone(key, prev));
-            }
-        }
-        if let Some(g) = &job.unique_group {
-            let base = state
-                .unique_groups
-                .get(g)
-                .and_then(|m| m.get(&h))
-                .copied()
-                .unwrap_or(0);
-            let key = (g.clone(), h);
-            let prev = Self::set_count(&mut self.groups, key.clone(), base, add);
-            if self.depth > 0 {
-                self.undo.push(Undo::Group(key, prev));
-            }
-        }
+        self.count_job(state, task.job, h, 1, add);
         if add {
-            self.placed.insert(task);
             self.placements.push((task, h));
             if self.depth > 0 {
-                self.undo.push(Undo::Placement);
+                self.undo.push(Undo::Placements(1));
             }
         }
     }
@@ -451,7 +548,7 @@ impl Overlay {
 
     /// Undoes everything since `mark` and closes its checkpoint.
     pub(crate) fn rollback(&mut self, state: &State, mark: Mark) {
-        debug_assert!(self.deferred.is_none(), "rollback with a deferred entry");
+        debug_assert!(self.run.is_none(), "rollback inside a class run");
         while self.undo.len() > mark.0 {
             match self.undo.pop().expect("checked length") {
                 Undo::Host(h, prev) => self.restore_host(state, h, prev),
@@ -460,9 +557,9 @@ impl Overlay {
                 Undo::JobHost(k, prev) => restore(&mut self.job_hosts, k, prev),
                 Undo::JobZone(k, prev) => restore(&mut self.job_zones, k, prev),
                 Undo::Group(k, prev) => restore(&mut self.groups, k, prev),
-                Undo::Placement => {
-                    let (task, _) = self.placements.pop().expect("placement to undo");
-                    self.placed.remove(&task);
+                Undo::Placements(n) => {
+                    let n = self.placements.len() - n as usize;
+                    self.placements.truncate(n);
                 }
             }
         }
@@ -664,11 +761,6 @@ impl<'a> View<'a> {
             .unwrap_or(0)
     }
 
-    /// True if the task was placed in this overlay.
-    pub(crate) fn is_placed(&self, task: TaskId) -> bool {
-        self.overlay.placed.contains(&task)
-    }
-
     /// Active hosts with at least `min_free` free in `dim`, in tentative key
     /// order, less those `fit` passes over (see [`HostIndex::candidates`]).
     pub(crate) fn candidates(
@@ -680,7 +772,7 @@ impl<'a> View<'a> {
         fit: Option<Fit>,
     ) -> Candidates<'a, impl Fn(HostIdx) -> bool + 'a> {
         let overlay = self.overlay;
-        debug_assert!(overlay.deferred.is_none(), "search with a deferred entry");
+        debug_assert!(overlay.run.is_none(), "search inside a class run");
         // Every touched active host has an entry in the overlay's index, and
         // so does every host of a promoted partition (promotion needs one
         // touched host at least): an empty index means nothing is touched or

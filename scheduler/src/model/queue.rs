@@ -119,6 +119,13 @@ impl JobQueue {
         }
     }
 
+    /// The jobs of `tier` with ready tasks, team by team, each team's in rank order.
+    pub(crate) fn jobs(&self, tier: Tier) -> impl Iterator<Item = JobId> + '_ {
+        self.tiers[tier.index()]
+            .values()
+            .flat_map(|jobs| jobs.iter().map(|r| r.job))
+    }
+
     /// Number of jobs with ready tasks in `tier`.
     pub(crate) fn n_jobs(&self, tier: Tier) -> usize {
         self.tiers[tier.index()].values().map(BTreeSet::len).sum()

@@ -28,6 +28,11 @@ pub(crate) trait FeasibilityChecker: Debug + Send + Sync {
     fn is_capacity_check(&self) -> bool {
         false
     }
+    /// True for checks of the job's hard constraints alone, which accept
+    /// every host for a job without any: searches for such jobs skip them.
+    fn checks_hard_constraints_only(&self) -> bool {
+        false
+    }
 }
 
 /// The host accepts new work (it is not draining or lost).
@@ -68,6 +73,9 @@ impl FeasibilityChecker for ResourceFitChecker {
 pub(crate) struct AttributeChecker;
 
 impl FeasibilityChecker for AttributeChecker {
+    fn checks_hard_constraints_only(&self) -> bool {
+        true
+    }
     fn check(&self, view: &View<'_>, job: &Job, h: HostIdx, host: &Host) -> Result<(), Reason> {
         for c in &job.spec.hard_constraints {
             if let Constraint::AttributeEquals { key, .. } | Constraint::AttributeIn { key, .. } = c
@@ -100,6 +108,9 @@ fn all_hold(
 pub(crate) struct GpuModelChecker;
 
 impl FeasibilityChecker for GpuModelChecker {
+    fn checks_hard_constraints_only(&self) -> bool {
+        true
+    }
     fn check(&self, view: &View<'_>, job: &Job, h: HostIdx, host: &Host) -> Result<(), Reason> {
         if all_hold(view, job, h, host, |c| matches!(c, Constraint::GpuModel(_))) {
             Ok(())
@@ -114,6 +125,9 @@ impl FeasibilityChecker for GpuModelChecker {
 pub(crate) struct UniqueHostChecker;
 
 impl FeasibilityChecker for UniqueHostChecker {
+    fn checks_hard_constraints_only(&self) -> bool {
+        true
+    }
     fn check(&self, view: &View<'_>, job: &Job, h: HostIdx, host: &Host) -> Result<(), Reason> {
         if all_hold(view, job, h, host, |c| {
             matches!(c, Constraint::UniqueHost { .. })
@@ -130,6 +144,9 @@ impl FeasibilityChecker for UniqueHostChecker {
 pub(crate) struct ZoneBalanceChecker;
 
 impl FeasibilityChecker for ZoneBalanceChecker {
+    fn checks_hard_constraints_only(&self) -> bool {
+        true
+    }
     fn check(&self, view: &View<'_>, job: &Job, h: HostIdx, host: &Host) -> Result<(), Reason> {
         if all_hold(view, job, h, host, |c| {
             matches!(c, Constraint::ZoneBalance { .. })

@@ -32,30 +32,46 @@ use crate::units::ids::HostIdx;
 #[derive(Debug)]
 pub(crate) struct Pipeline {
     checkers: Vec<Box<dyn FeasibilityChecker>>,
+    /// The same stages less those that check hard constraints alone
+    /// (`checks_hard_constraints_only`): all a job without any needs, and
+    /// most jobs have none.
+    unconstrained: Vec<Box<dyn FeasibilityChecker>>,
 }
 
 impl Default for Pipeline {
-    /// Ordering rule: cheapest and most selective first, so most rejections
-    /// cost one comparison; the first failing stage names the host's reason.
     fn default() -> Self {
+        let unconstrained = Pipeline::stages()
+            .into_iter()
+            .filter(|c| !c.checks_hard_constraints_only())
+            .collect();
         Pipeline {
-            checkers: vec![
-                // Draining hosts are not in the index, but commit re-validates any host.
-                Box::new(HostStateChecker),
-                // Every resource dimension; the index already guaranteed the dominant one.
-                Box::new(ResourceFitChecker),
-                // GPU model before attributes: GPU jobs are few and picky.
-                Box::new(GpuModelChecker),
-                // Attribute equals / in-set.
-                Box::new(AttributeChecker),
-                // Needs the job's per-host counts.
-                Box::new(UniqueHostChecker),
-                // Needs a scan over zones.
-                Box::new(ZoneBalanceChecker),
-                // Market: flex work leases a new host only within its pool's supply.
-                Box::new(PoolSupplyChecker),
-            ],
+            checkers: Pipeline::stages(),
+            unconstrained,
         }
+    }
+}
+
+impl Pipeline {
+    /// The feasibility stages. Ordering rule: cheapest and most selective
+    /// first, so most rejections cost one comparison; the first failing
+    /// stage names the host's reason.
+    fn stages() -> Vec<Box<dyn FeasibilityChecker>> {
+        vec![
+            // Draining hosts are not in the index, but commit re-validates any host.
+            Box::new(HostStateChecker),
+            // Every resource dimension; the index already guaranteed the dominant one.
+            Box::new(ResourceFitChecker),
+            // GPU model before attributes: GPU jobs are few and picky.
+            Box::new(GpuModelChecker),
+            // Attribute equals / in-set.
+            Box::new(AttributeChecker),
+            // Needs the job's per-host counts.
+            Box::new(UniqueHostChecker),
+            // Needs a scan over zones.
+            Box::new(ZoneBalanceChecker),
+            // Market: flex work leases a new host only within its pool's supply.
+            Box::new(PoolSupplyChecker),
+        ]
     }
 }
 
@@ -76,12 +92,46 @@ pub(crate) enum SearchOutcome {
 }
 
 impl Pipeline {
-    /// Runs every checker; the first rejection wins.
+    /// Runs every checker (but those of hard constraints for a job without
+    /// any, which would accept); the first rejection wins.
     pub(crate) fn check(&self, view: &View<'_>, job: &Job, h: HostIdx) -> Result<(), Reason> {
         let host = view.host(h);
-        self.checkers
+        let checkers = if job.spec.hard_constraints.is_empty() {
+            &self.unconstrained
+        } else {
+            &self.checkers
+        };
+        checkers
             .iter()
             .try_for_each(|c| c.check(view, job, h, host))
+    }
+
+    /// [`Pipeline::check`] for one more task of `job` on host `h`, for a job
+    /// without hard constraints, when `check` accepted `h` for the job's
+    /// previous task with an earlier task of the job already on `h` (class
+    /// steps after the first, `Planner::place_class`): only the resource
+    /// fit can have changed since.
+    ///
+    /// Why: the previous task changed `h`'s allocation, its flex count (not
+    /// whether it is zero: for a flex job the earlier task had made it
+    /// positive already), the team's and the job's counts, and nothing
+    /// else. Of the checkers, only `ResourceFitChecker` reads the
+    /// allocation. `HostStateChecker` and `GpuModelChecker` read the host's
+    /// state and spec; the attribute, unique-host and zone-balance checkers
+    /// read the job's counts only through its hard constraints, and it has
+    /// none; `PoolSupplyChecker` reads `h`'s reclaim mark and lease end,
+    /// whether it carries flex work, and its pool's leased total and
+    /// supply, none of which changed (`h` was leased already, so the total
+    /// did not move). A new checker that reads anything such a placement
+    /// changes must be run here too.
+    pub(crate) fn recheck_equal_task(
+        &self,
+        view: &View<'_>,
+        job: &Job,
+        h: HostIdx,
+    ) -> Result<(), Reason> {
+        debug_assert!(job.spec.hard_constraints.is_empty());
+        ResourceFitChecker.check(view, job, h, view.host(h))
     }
 
     /// Runs only the placement constraints (not resource fit or supply):
@@ -240,6 +290,44 @@ mod tests {
     use crate::spec::host::HostState;
     use crate::spec::job::Tier;
     use crate::units::resources::Resources;
+
+    /// The stages a search skips for a job without hard constraints
+    /// (`checks_hard_constraints_only`) accept every host for such a job,
+    /// full, draining or with GPUs; every other stage runs for all jobs.
+    #[test]
+    fn stages_of_hard_constraints_alone_accept_unconstrained_jobs() {
+        let mut fleet = Fleet::new();
+        let mut hosts = vec![
+            fleet.host(host_spec("a", "z1", 8, 32)),
+            fleet.host_in_state(host_spec("b", "z2", 8, 32), HostState::Draining),
+        ];
+        let mut gpu = host_spec("c", "z1", 8, 32);
+        gpu.capacity.gpus = 2;
+        gpu.gpu_model = Some("t4".into());
+        hosts.push(fleet.host(gpu));
+        let filler = fleet.job(job_spec(9, Resources::cpu_mem(8_000, 1024), vec![]));
+        fleet.place(filler, hosts[0]);
+        let job = fleet.job(job_spec(1, Resources::cpu_mem(1_000, 1024), vec![]));
+        let overlay = Overlay::default();
+        let view = View::new(&fleet.state, &overlay);
+        let job = fleet.job_ref(job);
+        let skipped: Vec<_> = Pipeline::stages()
+            .into_iter()
+            .filter(|c| c.checks_hard_constraints_only())
+            .collect();
+        assert_eq!(
+            skipped.len(),
+            4,
+            "attribute, GPU model, unique host, zone balance"
+        );
+        for c in &skipped {
+            for &h in &hosts {
+                assert_eq!(c.check(&view, job, h, view.host(h)), Ok(()), "{c:?}");
+            }
+        }
+        let pipeline = Pipeline::default();
+        assert_eq!(pipeline.unconstrained.len() + 4, pipeline.checkers.len());
+    }
 
     /// The search's answer against every host run through every checker:
     /// a found host is one the checkers accept and no host scores higher

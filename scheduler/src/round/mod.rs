@@ -326,11 +326,12 @@ impl<'a> Planner<'a> {
         // leases this round (the first flex task on a host without flex
         // work): with all-or-nothing gangs, a higher bid can lose while a
         // lower one wins, and the winner must not be priced above its bid.
+        // (The overlay's placements are the assignments, by host index.)
+        debug_assert_eq!(self.overlay.placements().len(), self.assignments.len());
         let mut won: FxMap<PoolIdx, Price> = FxMap::default();
         let mut new_leases: FxSet<HostIdx> = FxSet::default();
-        for a in &self.assignments {
-            let spec = &state.jobs[&a.run.task.job].spec;
-            let h = state.hosts.idx(&a.host).expect("assigned host exists");
+        for &(task, h) in self.overlay.placements() {
+            let spec = &state.jobs[&task.job].spec;
             if spec.tier == Tier::Flex && state.hosts[h].n_flex_tasks == 0 && new_leases.insert(h) {
                 let bid = spec.bid.unwrap_or(Price::ZERO);
                 let e = won.entry(state.hosts[h].pool).or_insert(bid);
@@ -563,19 +564,33 @@ impl<'a> Planner<'a> {
 
     fn plan_tier(&mut self, tier: Tier) {
         // The repack (below) may take the tier's placements back: keep them
-        // undoable until it has decided.
-        let mark = self.overlay.checkpoint();
+        // undoable until it has decided. Unless it cannot: it moves only a
+        // mix of request shapes (see `repack_tier`), and if every job queued
+        // in the tier asks the same, no admission can place a mix. Then the
+        // overlay keeps no undo log (a copy of each figure a placement
+        // changes), which is most of what a charge costs in a big round.
+        let repack = self.state.config.policy(tier).repack && self.queue_mixes_requests(tier);
+        let mark = repack.then(|| self.overlay.checkpoint());
         let first = self.assignments.len();
         let failures_before = self.n_failed_searches;
         self.admit_tier(tier);
-        if self.n_failed_searches == failures_before && self.state.config.policy(tier).repack {
-            self.repack_tier(tier, first, mark);
-        } else {
-            // Repacking is off, or something found no host: its reason was
-            // learned against these placements (and may be cached for later
-            // rounds), so they stay.
-            self.overlay.keep(mark);
+        match mark {
+            Some(mark) if self.n_failed_searches == failures_before => {
+                self.repack_tier(tier, first, mark);
+            }
+            // Something found no host: its reason was learned against these
+            // placements (and may be cached for later rounds), so they stay.
+            Some(mark) => self.overlay.keep(mark),
+            None => {}
         }
+    }
+
+    /// True unless every job queued in `tier` has the same request.
+    fn queue_mixes_requests(&self, tier: Tier) -> bool {
+        let jobs = &self.state.jobs;
+        let mut requests = self.state.queue.jobs(tier).map(|j| &jobs[&j].spec.request);
+        let first = requests.next();
+        requests.any(|r| Some(r) != first)
     }
 
     /// The tier's admission: teams in weighted-DRF order, one task per pick,
@@ -734,19 +749,24 @@ impl<'a> Planner<'a> {
     /// tier, so one-by-one placement would pick this job's next task next.
     ///
     /// Why the search would choose h again (tightest-first walk, job without
-    /// hard or soft constraints, team without a cap, h already leased before
-    /// the last placement so no pool's supply and no index partition
-    /// changed): placing a task changes only h. h moves *earlier* in the
-    /// walk (less free room), so the hosts walked before it are a subset of
-    /// those walked before it last time, untouched, with the same
-    /// feasibility and scores, all below h's old score; the feasible hosts
-    /// scored are the same set as before. So if h still passes every checker
-    /// and its new score is at least its old one, it is still the first host
-    /// with the highest score: the search would return h. Stops at the first
-    /// task for which any of this fails; the next pick then searches.
+    /// hard or soft constraints, team without a cap, and h already leased
+    /// before the last placement or in a pool without a supply, so no
+    /// leased total that a check reads changed; h's move between index
+    /// partitions does not reorder the walk, which merges them by key):
+    /// placing a task changes only h. h moves *earlier* in the walk (less
+    /// free room), so the hosts walked before it are a subset of those
+    /// walked before it last time, untouched, with the same feasibility and
+    /// scores, all below h's old score; the feasible hosts scored are the
+    /// same set as before. So if h still passes every checker and its new
+    /// score is at least its old one, it is still the first host with the
+    /// highest score: the search would return h. Stops at the first task for
+    /// which any of this fails; the next pick then searches.
     ///
-    /// Each step counts one host examined (the search it replaces would
-    /// have counted the hosts before h too).
+    /// The check is the whole pipeline on the first step and the resource
+    /// fit alone after it ([`Pipeline::recheck_equal_task`] says why). Each
+    /// step counts one host examined (the search it replaces would have
+    /// counted the hosts before h too). The steps of one call are charged to
+    /// the overlay as one run ([`Overlay::open_run`]).
     fn place_class(&mut self, tier: Tier, job_id: JobId, cursor: &mut JobCursor) {
         let state = self.state;
         let job = &state.jobs[&job_id];
@@ -764,30 +784,45 @@ impl<'a> Planner<'a> {
             return;
         };
         let mut last_score = self.assignments.last().expect("just placed").score;
-        // A flex task that leased h changed its pool's supply and h's index
-        // partition: other hosts' feasibility may have changed.
-        if tier == Tier::Flex && self.view().n_flex(h) < 2 {
+        // A flex task that leased h changed its pool's leased total, which
+        // other hosts' supply checks read (and which partitions a flex
+        // search walks): their feasibility may have changed. Not so in a
+        // pool without a supply, where nothing reads that total; h's own
+        // move to the leased partition does not change the walk's order,
+        // which merges partitions by key.
+        if tier == Tier::Flex
+            && self.view().n_flex(h) < 2
+            && state.market.limits_leases(state.hosts[h].pool)
+        {
             return;
         }
         let host_id = &state.hosts[h].spec.id;
-        // No search runs until the class ends, so h's index entry is moved
-        // once, at the end, instead of once per step.
-        self.overlay.defer_index(h);
-        while let Some(&index) = job
-            .ready
-            .range(cursor.last_index.map_or(0, |l| l + 1)..)
-            .next()
-        {
+        // No search runs until the class ends, so h is charged as one run:
+        // its own figures (all that the checks and scores of a job without
+        // constraints read) step by step, the rest once, at the end.
+        self.overlay.open_run(h, job_id);
+        let mut first = true;
+        for &index in job.ready.range(cursor.last_index.map_or(0, |l| l + 1)..) {
             let view = self.view();
-            if self.pipeline.check(&view, job, h).is_err() {
+            // The first step runs every checker (the search checked h before
+            // its own placement, which may have leased h); after a step on a
+            // host the job already had a task on, only the fit can change.
+            let feasible = if first {
+                self.pipeline.check(&view, job, h)
+            } else {
+                self.pipeline.recheck_equal_task(&view, job, h)
+            };
+            debug_assert_eq!(feasible, self.pipeline.check(&view, job, h));
+            if feasible.is_err() {
                 break;
             }
+            first = false;
             let score = self.pipeline.score(policy, &view, job, h);
             if score < last_score {
                 break;
             }
             let task = TaskId::new(job_id, index);
-            self.overlay.charge(state, task, h, true);
+            self.overlay.add_to_run(state, task);
             let attempt = job.tasks[index as usize].attempt + 1;
             self.assignments.push(Assignment {
                 run: task.run(attempt),
@@ -801,7 +836,7 @@ impl<'a> Planner<'a> {
             cursor.n_placed += 1;
             last_score = score;
         }
-        self.overlay.flush_index(state);
+        self.overlay.close_run(state);
     }
 
     /// Places every ready task of a gang job, or none of them.

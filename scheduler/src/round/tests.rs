@@ -253,3 +253,29 @@ fn class_steps_stop_when_a_placement_leases_the_host() {
     );
     assert_eq!(decisions(&with), decisions(&without));
 }
+
+/// Fenzo's shape in small: in a pool without a supply a lease changes no
+/// other host's check, so the search that leases a host is followed at once
+/// by class steps that fill it (seven per 8-vCPU host), not by a second
+/// search; the decisions are those of one search per task.
+#[test]
+fn class_steps_fill_a_newly_leased_host_in_a_pool_without_supply() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        flex: TierPolicy::single(ScorerKind::CpuBinPack),
+        ..SchedulerConfig::default()
+    });
+    s.set_event_feed(false);
+    for i in 0..6 {
+        s.handle_host_added(Timestamp::ZERO, host(i, 8, 32))
+            .unwrap();
+    }
+    s.handle_job_submitted(Timestamp::ZERO, job(1, "enc", Tier::Flex, 40, 1000, 1024))
+        .unwrap();
+    let now = Timestamp::from_millis(1);
+    let with = s.plan_round(now).unwrap();
+    let without = s.plan_round_one_by_one(now);
+    assert_eq!(decisions(&with), decisions(&without));
+    assert_eq!(with.stats.n_placed, 40);
+    // Five hosts filled: one search and seven class steps each.
+    assert_eq!(with.stats.n_class_steps, 35);
+}

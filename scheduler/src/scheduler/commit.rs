@@ -346,6 +346,9 @@ impl Scheduler {
         refused_jobs: &mut Vec<(JobId, u32, Arc<PendingReasons>)>,
     ) -> Overlay {
         let mut overlay = Overlay::default();
+        // Tasks accepted so far: a plan that names a task twice (a corrupted
+        // or hand-made one) gets the second refused.
+        let mut placed: FxSet<TaskId> = FxSet::default();
         let mut i = 0;
         while i < assignments.len() {
             let job_id = assignments[i].run.task.job;
@@ -362,8 +365,11 @@ impl Scheduler {
             let mark = overlay.checkpoint();
             let mut refusal = None;
             for a in run {
-                match self.check_assignment(&overlay, a) {
-                    Ok(h) => overlay.charge(&self.state, a.run.task, h, true),
+                match self.check_assignment(&overlay, &placed, a) {
+                    Ok(h) => {
+                        overlay.charge(&self.state, a.run.task, h, true);
+                        placed.insert(a.run.task);
+                    }
                     Err(why) => {
                         refusal = Some((a.run.task, why));
                         break;
@@ -376,6 +382,9 @@ impl Scheduler {
                     let n_placed = overlay.placements().len();
                     overlay.rollback(&self.state, mark);
                     let n_placed = (n_placed - overlay.placements().len()) as u32;
+                    for a in &run[..n_placed as usize] {
+                        placed.remove(&a.run.task);
+                    }
                     let reason = match why {
                         Refusal::Reason(r) => Some(r),
                         Refusal::NotPending => None,
@@ -417,7 +426,12 @@ impl Scheduler {
         overlay
     }
 
-    fn check_assignment(&self, overlay: &Overlay, a: &Assignment) -> Result<HostIdx, Refusal> {
+    fn check_assignment(
+        &self,
+        overlay: &Overlay,
+        placed: &FxSet<TaskId>,
+        a: &Assignment,
+    ) -> Result<HostIdx, Refusal> {
         let st = &self.state;
         let task_id = a.run.task;
         let job = st.job(task_id.job).ok_or(Refusal::NotPending)?;
@@ -428,7 +442,7 @@ impl Scheduler {
         let view = View::new(st, overlay);
         if task.phase != Phase::Pending
             || !job.ready.contains(&task_id.index)
-            || view.is_placed(task_id)
+            || placed.contains(&task_id)
             || task.attempt + 1 != a.run.attempt
         {
             return Err(Refusal::NotPending);
@@ -452,6 +466,28 @@ impl Scheduler {
         Ok(h)
     }
 
+    /// [`Scheduler::unready`] for placed tasks of one job, in decision
+    /// order. A round takes a job's ready tasks in index order, so on the
+    /// plan's basis they are the job's first ready ones: then the ready set
+    /// is split once after the last of them, instead of losing them one at
+    /// a time (each a B-tree removal). Anything else goes task by task.
+    fn unready_placed(&mut self, run: &[(TaskId, HostIdx)]) {
+        let job_id = run[0].0.job;
+        let job = self.state.jobs.get_mut(&job_id).expect("task exists");
+        let first_ready = run.len() > 1
+            && job.ready.len() >= run.len()
+            && job.ready.iter().zip(run).all(|(&i, (t, _))| i == t.index);
+        if !first_ready {
+            for &(task, _) in run {
+                self.unready(task);
+            }
+            return;
+        }
+        let after_last = run[run.len() - 1].0.index + 1;
+        job.ready = job.ready.split_off(&after_last);
+        self.dequeue_if_not_ready(job_id);
+    }
+
     /// Applies an overlay's placements through the one charge path, host by
     /// host, then moves each task to `Assigned` and queues its `Launch`.
     fn apply_overlay(&mut self, overlay: &Overlay, now: Timestamp) {
@@ -459,24 +495,35 @@ impl Scheduler {
         if placements.is_empty() {
             return;
         }
-        let mut order: Vec<HostIdx> = Vec::new();
-        let mut per_host: FxMap<HostIdx, Vec<TaskId>> = FxMap::default();
-        for &(task, h) in placements {
-            per_host
-                .entry(h)
-                .or_insert_with(|| {
-                    order.push(h);
-                    Vec::new()
-                })
-                .push(task);
+        // The placements grouped by host (hosts in first-touch order, tasks
+        // in decision order): a stable sort by the host's first-touch slot,
+        // which leaves a round's usual runs (a host filled at once) as they
+        // are, and keeps a job's tasks on a host together for
+        // `State::charge` to add as one.
+        let mut hosts: Vec<HostIdx> = Vec::new();
+        let mut slot_of: FxMap<HostIdx, u32> = FxMap::default();
+        let mut grouped: Vec<(u32, TaskId)> = Vec::with_capacity(placements.len());
+        for run in placements.chunk_by(|a, b| a.1 == b.1) {
+            let slot = *slot_of.entry(run[0].1).or_insert_with(|| {
+                hosts.push(run[0].1);
+                hosts.len() as u32 - 1
+            });
+            grouped.extend(run.iter().map(|&(task, _)| (slot, task)));
         }
-        for h in &order {
-            self.state.charge(*h, &per_host[h], true, now);
+        grouped.sort_by_key(|&(slot, _)| slot);
+        let tasks: Vec<TaskId> = grouped.iter().map(|&(_, task)| task).collect();
+        let mut start = 0;
+        for run in grouped.chunk_by(|a, b| a.0 == b.0) {
+            let end = start + run.len();
+            self.state
+                .charge(hosts[run[0].0 as usize], &tasks[start..end], true, now);
+            start = end;
         }
         debug_assert_eq!(overlay.check_applied(&self.state), Ok(()));
-        let mut holdings: Vec<(TaskId, HostIdx)> = Vec::new();
+        for run in placements.chunk_by(|a, b| a.0.job == b.0.job) {
+            self.unready_placed(run);
+        }
         for &(task, h) in placements {
-            self.unready(task);
             let t = self.state.task_mut(task);
             t.attempt += 1;
             t.assigned_at = Some(now);
@@ -487,12 +534,11 @@ impl Scheduler {
             let request = self.state.jobs[&task.job].spec.request.clone();
             self.actions
                 .push_back(Action::Launch { run, host, request });
-            holdings.push((task, h));
         }
         if self.events.enabled {
             // One holding event per (team, pool) the commit changed.
             let mut seen = FxSet::default();
-            for (task, h) in holdings {
+            for &(task, h) in placements {
                 let key = (self.state.jobs[&task.job].team, self.state.hosts[h].pool);
                 if seen.insert(key) {
                     self.emit_holding(task, h, now);

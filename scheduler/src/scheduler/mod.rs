@@ -23,7 +23,7 @@ use crate::scheduler::events::{Event, EventFeed, EventKind};
 use crate::spec::config::SchedulerConfig;
 use crate::spec::error::InputError;
 use crate::spec::reason::{PendingReasons, Reason};
-use crate::units::ids::{HostId, RunId, TaskId};
+use crate::units::ids::{HostId, JobId, RunId, TaskId};
 use crate::units::resources::Resources;
 use crate::units::time::{DurationMs, Timestamp};
 
@@ -465,16 +465,22 @@ impl Scheduler {
     fn unready(&mut self, task: TaskId) {
         let job = self.state.jobs.get_mut(&task.job).expect("task exists");
         if job.ready.remove(&task.index) {
-            if job.ready.is_empty() {
-                let (tier, team, rank) = (
-                    job.spec.tier,
-                    job.team,
-                    JobRank::of(&job.spec, job.submit_time),
-                );
-                self.state.queue.remove_job(tier, team, &rank);
-            }
+            self.dequeue_if_not_ready(task.job);
         } else {
             self.state.queue.cancel_delay(&task);
+        }
+    }
+
+    /// Takes a job off the queue once it has no ready task left.
+    fn dequeue_if_not_ready(&mut self, job_id: JobId) {
+        let job = &self.state.jobs[&job_id];
+        if job.ready.is_empty() {
+            let (tier, team, rank) = (
+                job.spec.tier,
+                job.team,
+                JobRank::of(&job.spec, job.submit_time),
+            );
+            self.state.queue.remove_job(tier, team, &rank);
         }
     }
 

@@ -151,6 +151,9 @@ impl Resources {
 
     /// `self += other`, failing (and leaving `self` unchanged) on overflow.
     pub fn checked_add_assign(&mut self, other: &Resources) -> Result<(), ResourceOverflow> {
+        if other.scalars.is_empty() {
+            return self.fixed_assign(other, u64::checked_add);
+        }
         let sum = self.checked_add(other)?;
         *self = sum;
         Ok(())
@@ -158,8 +161,36 @@ impl Resources {
 
     /// `self -= other`, failing (and leaving `self` unchanged) on underflow.
     pub fn checked_sub_assign(&mut self, other: &Resources) -> Result<(), ResourceOverflow> {
+        if other.scalars.is_empty() {
+            return self.fixed_assign(other, u64::checked_sub);
+        }
         let diff = self.checked_sub(other)?;
         *self = diff;
+        Ok(())
+    }
+
+    /// `op` on the fixed dimensions in place, for an `other` without named
+    /// scalars (most requests): the same result as [`Resources::zip_with`]
+    /// without building a new value (and its scalar map) per charge.
+    fn fixed_assign(
+        &mut self,
+        other: &Resources,
+        op: impl Fn(u64, u64) -> Option<u64>,
+    ) -> Result<(), ResourceOverflow> {
+        let dim = |d: Dim| ResourceOverflow { dim: d };
+        let cpu_millis = op(self.cpu_millis, other.cpu_millis).ok_or_else(|| dim(Dim::Cpu))?;
+        let memory_mib = op(self.memory_mib, other.memory_mib).ok_or_else(|| dim(Dim::Memory))?;
+        let disk_mib = op(self.disk_mib, other.disk_mib).ok_or_else(|| dim(Dim::Disk))?;
+        let network_mbps =
+            op(self.network_mbps, other.network_mbps).ok_or_else(|| dim(Dim::Network))?;
+        let gpus = op(self.gpus, other.gpus).ok_or_else(|| dim(Dim::Gpu))?;
+        (
+            self.cpu_millis,
+            self.memory_mib,
+            self.disk_mib,
+            self.network_mbps,
+            self.gpus,
+        ) = (cpu_millis, memory_mib, disk_mib, network_mbps, gpus);
         Ok(())
     }
 

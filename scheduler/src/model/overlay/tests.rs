@@ -489,3 +489,71 @@ fn a_big_round_promotes_and_rolls_back_exactly() {
     let promoted = run(&plans, &ops, Overlay::default(), &queries(true)).unwrap();
     assert_eq!(promoted, vec![NO_FLEX]);
 }
+
+/// A class run (`open_run`, `add_to_run` per task, `close_run`) leaves
+/// every figure, the index and the undo log as the same tasks charged one
+/// by one would, for jobs that keep per-host, per-zone and group counts and
+/// for critical work too: the same searches, and a rollback past either
+/// returns to the committed state.
+#[test]
+fn a_class_run_leaves_what_charging_task_by_task_leaves() {
+    use crate::spec::job::Constraint;
+    for (tier, hard) in [
+        (Tier::Flex, vec![]),
+        (
+            Tier::Flex,
+            vec![Constraint::UniqueHost {
+                group: Some("g".into()),
+            }],
+        ),
+        (
+            Tier::Critical,
+            vec![Constraint::ZoneBalance { max_skew: 9 }],
+        ),
+    ] {
+        let mut fleet = Fleet::new();
+        let hosts: Vec<HostIdx> = (0..3)
+            .map(|i| fleet.host(host_spec(&format!("h{i}"), "z", 8, 32)))
+            .collect();
+        let mut spec = job_spec(1, Resources::cpu_mem(1_000, 2 * 1024), hard);
+        spec.tier = tier;
+        let job = fleet.job(spec);
+        let state = &fleet.state;
+        let h = hosts[1];
+        let tasks: Vec<TaskId> = (0..6).map(|i| TaskId::new(job, i)).collect();
+        let (mut one_by_one, mut run) = (Overlay::default(), Overlay::default());
+        let marks = [one_by_one.checkpoint(), run.checkpoint()];
+        for t in &tasks {
+            one_by_one.charge(state, *t, h, true);
+        }
+        run.charge(state, tasks[0], h, true);
+        run.open_run(h, job);
+        for t in &tasks[1..] {
+            run.add_to_run(state, *t);
+        }
+        run.close_run(state);
+        let same = |a: &Overlay, b: &Overlay| {
+            assert_eq!(a.hosts, b.hosts, "{tier:?}");
+            assert_eq!(a.teams, b.teams, "{tier:?}");
+            assert_eq!(a.pools, b.pools, "{tier:?}");
+            assert_eq!(a.job_hosts, b.job_hosts, "{tier:?}");
+            assert_eq!(a.job_zones, b.job_zones, "{tier:?}");
+            assert_eq!(a.groups, b.groups, "{tier:?}");
+            assert_eq!(a.placements, b.placements, "{tier:?}");
+            for q in queries(true) {
+                let walk = |o: &Overlay| {
+                    let view = View::new(state, o);
+                    view.candidates(q.dim, q.min_free, q.loosest_first, |_| true, None)
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(walk(a), walk(b), "{tier:?}, {q:?}");
+            }
+        };
+        same(&one_by_one, &run);
+        let [m1, m2] = marks;
+        one_by_one.rollback(state, m1);
+        run.rollback(state, m2);
+        same(&one_by_one, &run);
+        same(&run, &Overlay::default());
+    }
+}
