@@ -1079,7 +1079,13 @@ impl Planner<'_> {
             .map(|k| (k, size(k)))
             .collect();
         let larger = |a: &(f64, f64), b: &(f64, f64)| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1));
-        if order.windows(2).all(|w| larger(&w[0].1, &w[1].1).is_le()) {
+        // Already largest first (sums within rounding of each other count
+        // as equal, so an order computed elsewhere from the same requests
+        // is recognized): nothing to gain.
+        if order
+            .windows(2)
+            .all(|w| w[1].1.0 <= w[0].1.0 * (1.0 + 1e-9))
+        {
             self.overlay.keep(mark);
             return;
         }
