@@ -273,19 +273,7 @@ impl Overlay {
             .request
             .checked_mul(u64::from(n))
             .expect("a run's request fits: its tasks fit on one host");
-        let team = job.team;
-        let mut alloc = self
-            .teams
-            .get(&team)
-            .cloned()
-            .unwrap_or_else(|| state.teams[team.get()].allocated.clone());
-        alloc[job.spec.tier.index()]
-            .checked_add_assign(&request)
-            .expect("team allocation overflow");
-        let prev = self.teams.insert(team, alloc);
-        if self.depth > 0 {
-            self.undo.push(Undo::Team(team, prev));
-        }
+        self.charge_team(state, job, &request, true);
         self.count_job(state, run.job, h, n, true);
         if self.depth > 0 {
             self.undo.push(Undo::Placements(n));
@@ -493,6 +481,18 @@ impl Overlay {
         }
         self.set_host(state, h, new);
 
+        self.charge_team(state, job, request, add);
+        self.count_job(state, task.job, h, 1, add);
+        if add {
+            self.placements.push((task, h));
+            if self.depth > 0 {
+                self.undo.push(Undo::Placements(1));
+            }
+        }
+    }
+
+    /// Adds `request` to (or takes it off) the tier allocation of `job`'s team.
+    fn charge_team(&mut self, state: &State, job: &Job, request: &Resources, add: bool) {
         let team = job.team;
         let mut alloc = self
             .teams
@@ -510,14 +510,6 @@ impl Overlay {
         let prev = self.teams.insert(team, alloc);
         if self.depth > 0 {
             self.undo.push(Undo::Team(team, prev));
-        }
-
-        self.count_job(state, task.job, h, 1, add);
-        if add {
-            self.placements.push((task, h));
-            if self.depth > 0 {
-                self.undo.push(Undo::Placements(1));
-            }
         }
     }
 

@@ -1003,41 +1003,39 @@ impl Planner<'_> {
         new_hosts: &[HostIdx],
     ) {
         let state = self.state;
-        let old: Vec<Assignment> = self.assignments[first..].to_vec();
         let mark = self.overlay.checkpoint();
         let policy = state.config.policy(tier);
-        let mut ok = true;
-        for (k, (&(task, _), &h)) in placed.iter().zip(new_hosts).enumerate() {
+        let mut scores = Vec::with_capacity(placed.len());
+        for (&(task, _), &h) in placed.iter().zip(new_hosts) {
             let job = &state.jobs[&task.job];
             let view = self.view();
             if self.pipeline.check(&view, job, h).is_err() {
-                ok = false;
-                break;
+                self.overlay.rollback(state, mark);
+                self.restore(placed);
+                return;
             }
-            let score = self.pipeline.score(policy, &view, job, h);
+            scores.push(self.pipeline.score(policy, &view, job, h));
             self.overlay.charge(state, task, h, true);
-            let a = &mut self.assignments[first + k];
+        }
+        self.overlay.keep(mark);
+        for ((a, &h), score) in self.assignments[first..]
+            .iter_mut()
+            .zip(new_hosts)
+            .zip(scores)
+        {
             a.host = state.hosts[h].spec.id.clone();
             a.score = score;
         }
-        if !ok {
-            self.overlay.rollback(state, mark);
-            self.restore(first, placed, old);
-            return;
-        }
-        self.overlay.keep(mark);
     }
 
-    /// Puts the tier's placements back on their admission hosts (the
-    /// overlay at the tier's start) with their admission assignments.
-    fn restore(&mut self, first: usize, placed: &[(TaskId, HostIdx)], old: Vec<Assignment>) {
+    /// Charges the tier's placements again on their admission hosts (the
+    /// overlay at the tier's start); the assignments still say so.
+    fn restore(&mut self, placed: &[(TaskId, HostIdx)]) {
         let mark = self.overlay.checkpoint();
         for &(task, h) in placed {
             self.overlay.charge(self.state, task, h, true);
         }
         self.overlay.keep(mark);
-        self.assignments.truncate(first);
-        self.assignments.extend(old);
     }
 
     /// Round repacking for a tier round too big for the local search
@@ -1090,41 +1088,20 @@ impl Planner<'_> {
             return;
         }
         order.sort_by(|a, b| larger(&a.1, &b.1).then(a.0.cmp(&b.0)));
-        // Hosts admission opened: touched by the tier, holding nothing else.
-        let mut tier_load: FxMap<HostIdx, Resources> = FxMap::default();
-        for &(task, h) in placed {
-            let r = &state.jobs[&task.job].spec.request;
-            tier_load
-                .entry(h)
-                .or_default()
-                .checked_add_assign(r)
-                .expect("placed load fits");
-        }
-        let view = self.view();
-        let n_opened_before = tier_load
-            .iter()
-            .filter(|&(&h, load)| view.allocated(h) == load)
-            .count();
-        let old: Vec<Assignment> = self.assignments[first..].to_vec();
+        // Trial: the fixed placements where admission put them, then the
+        // movable ones by search, largest first.
         self.overlay.rollback(state, mark);
-        let mark = self.overlay.checkpoint();
-        let mut opened: FxMap<HostIdx, bool> = FxMap::default();
-        let mut new_hosts: Vec<HostIdx> = placed.iter().map(|&(_, h)| h).collect();
+        let trial = self.overlay.checkpoint();
+        let admission: Vec<HostIdx> = placed.iter().map(|&(_, h)| h).collect();
+        let mut new_hosts = admission.clone();
         for &(task, h) in placed.iter().filter(|&&(t, _)| !movable(state, t)) {
-            opened
-                .entry(h)
-                .or_insert_with(|| self.view().allocated(h).is_zero());
             self.overlay.charge(state, task, h, true);
         }
         let mut ok = true;
         for &(k, _) in &order {
             let task = placed[k].0;
-            let job = &state.jobs[&task.job];
-            match self.pipeline.search(&self.view(), job) {
+            match self.pipeline.search(&self.view(), &state.jobs[&task.job]) {
                 SearchOutcome::Found { host_idx, .. } => {
-                    opened
-                        .entry(host_idx)
-                        .or_insert_with(|| self.view().allocated(host_idx).is_zero());
                     self.overlay.charge(state, task, host_idx, true);
                     new_hosts[k] = host_idx;
                 }
@@ -1134,12 +1111,21 @@ impl Planner<'_> {
                 }
             }
         }
-        self.overlay.rollback(state, mark);
-        let n_opened_after = opened.values().filter(|&&o| o).count();
-        if ok && n_opened_after < n_opened_before {
+        self.overlay.rollback(state, trial);
+        // Back at the tier's start: a host a layout opens is one that
+        // holds nothing now.
+        let fewer_opened = ok && {
+            let view = self.view();
+            let n_opened = |hosts: &[HostIdx]| {
+                let empty = hosts.iter().filter(|&&h| view.allocated(h).is_zero());
+                empty.collect::<FxSet<_>>().len()
+            };
+            n_opened(&new_hosts) < n_opened(&admission)
+        };
+        if fewer_opened {
             self.adopt_hosts(tier, first, placed, &new_hosts);
         } else {
-            self.restore(first, placed, old);
+            self.restore(placed);
         }
     }
 }
