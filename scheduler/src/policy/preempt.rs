@@ -290,23 +290,30 @@ pub(crate) fn projected_leases(view: &View<'_>, pool_idx: PoolIdx) -> crate::uni
 
 /// The victim set that preempting the flex tasks of `tasks` really stops:
 /// each of them, and every other live member of the gangs among them (a
-/// gang is preempted whole). In the order given, each task once.
+/// gang is preempted whole), each task once: `tasks` first, in the order
+/// given, then the other members. The order matters to reclaim: commit's
+/// re-validation checks the pool's supply at the first preemption on each
+/// host and then counts that host's lease as released, so a set's first
+/// preemption must be on the host the set empties, not on a gang member's
+/// host that still keeps other work.
 fn expand_gangs(view: &View<'_>, tasks: impl Iterator<Item = TaskId>, now: Timestamp) -> VictimSet {
     let state = view.state;
     let mut set = VictimSet::default();
     let mut seen: FxSet<TaskId> = FxSet::default();
-    for t in tasks {
+    let tasks: Vec<TaskId> = tasks.collect();
+    for &t in &tasks {
+        if seen.insert(t) {
+            set.add(&state.jobs[&t.job], t, now);
+        }
+    }
+    for &t in &tasks {
         let job = &state.jobs[&t.job];
-        let members: Vec<TaskId> = if job.spec.gang {
-            (0..job.tasks.len() as u32)
-                .map(|i| TaskId::new(t.job, i))
-                .filter(|m| *m == t || is_preemptible(job, *m))
-                .collect()
-        } else {
-            vec![t]
-        };
-        for m in members {
-            if seen.insert(m) {
+        if !job.spec.gang {
+            continue;
+        }
+        for i in 0..job.tasks.len() as u32 {
+            let m = TaskId::new(t.job, i);
+            if is_preemptible(job, m) && seen.insert(m) {
                 set.add(job, m, now);
             }
         }
@@ -430,11 +437,22 @@ pub(crate) fn plan_reclaim(
     let emergency = !market.failed_over.is_empty() || projected > hard_limit;
     if projected > supply && emergency {
         // The first pass ran out of candidates, so what it passed over is all that is left.
-        for (h, set) in passed_over {
+        for (h, _) in passed_over {
             if projected <= supply {
                 break;
             }
             if released.contains(&h) {
+                continue;
+            }
+            // The set passed over was built before the takes that followed
+            // it, which may have chosen some of its tasks already (members
+            // of a gang taken with another host): build it again.
+            let set = expand_gangs(
+                view,
+                preemptible_tasks(view, h).filter(|t| !round.chosen.contains(t)),
+                now,
+            );
+            if set.tasks.is_empty() {
                 continue;
             }
             take(

@@ -341,6 +341,14 @@ impl<'a> Planner<'a> {
         let prices = clearing_prices(&self.view(), &lost, &won);
         // 5. Forecast: which leases to return ahead of demand.
         let drains = self.plan_drains();
+        debug_assert!(
+            {
+                let mut runs: Vec<_> = preemptions.iter().map(|p| p.run).collect();
+                runs.sort_unstable();
+                runs.windows(2).all(|w| w[0] != w[1])
+            },
+            "a run preempted twice: {preemptions:?}"
+        );
         self.stats.n_preempted = preemptions.len() as u32;
         let learned_failures = self
             .learned_order
