@@ -201,7 +201,7 @@ struct World {
     next_job: usize,
     next_host: usize,
     /// A plan not yet committed, with the tasks that were ready when it was made.
-    pending: Option<(Plan, BTreeSet<TaskId>)>,
+    pending: Option<(Plan, BTreeSet<RunId>)>,
     /// Runs that are no longer current (replaced by a later run, or ended).
     past_runs: Vec<RunId>,
     /// Per pool: leased IE at the previous step and the ledger's held total then.
@@ -471,17 +471,19 @@ impl World {
         self.check(at);
     }
 
-    fn ready_tasks(&self, at: Timestamp) -> BTreeSet<TaskId> {
+    /// The ready tasks, as runs: a task placed and failed since is ready
+    /// again as another run.
+    fn ready_tasks(&self, at: Timestamp) -> BTreeSet<RunId> {
         all_tasks(&self.s)
             .into_iter()
             .filter(|v| v.state == TaskState::Pending && v.ready_at <= at)
-            .map(|v| v.id)
+            .map(|v| v.run)
             .collect()
     }
 
     /// Commits a plan, checking the decisions against the state at commit
     /// time; `ready_at_plan` are the tasks that were ready when it was made.
-    fn commit(&mut self, plan: Plan, ready_at_plan: &BTreeSet<TaskId>, at: Timestamp) {
+    fn commit(&mut self, plan: Plan, ready_at_plan: &BTreeSet<RunId>, at: Timestamp) {
         // What the commit is allowed to do, worked out before it runs.
         let pool = self.s.pool(&PoolId::from(POOL)).unwrap();
         let mut projected = Ie::ZERO;
@@ -588,9 +590,14 @@ impl World {
                 }
             }
         }
-        // Every task that was ready when planned and is still ready has a reason.
-        for id in ready_at_plan {
+        // Every task that was ready when planned and is still ready has a
+        // reason. Still: the same run. A task placed, failed and backed off
+        // since is ready again only once a tick sees its backoff end, and
+        // the next round gives it its reason.
+        for run in ready_at_plan {
+            let id = &run.task;
             if let Some(v) = self.s.task(*id)
+                && v.run == *run
                 && v.state == TaskState::Pending
                 && v.ready_at <= at
             {
@@ -962,4 +969,40 @@ fn time_never_goes_backwards() {
         "a commit before its plan's time"
     );
     assert_eq!(snap(&w.s), before);
+}
+
+#[test]
+/// Found by the property test: a task ready at plan time is placed by
+/// another round, fails and backs off; the stale plan is then committed
+/// once its backoff has ended but before a tick has seen that. The task is
+/// another run by then, with no reason yet: the oracle must not demand one.
+fn a_task_that_failed_since_the_plan_is_not_held_to_its_reasons() {
+    let job = |id: u64, n: u32, cpu: u64| {
+        let mut j = common::job(id, "t0", Tier::Flex, n, cpu, 1024);
+        j.retry.initial_backoff = DurationMs::from_secs(1);
+        j.retry.max_backoff = DurationMs::from_secs(4);
+        j.checkpoint_interval = Some(DurationMs::from_mins(1));
+        j
+    };
+    let case = Case {
+        n_hosts: 2,
+        jobs: vec![job(1, 1, 1000), job(2, 4, 8000)],
+        ops: vec![
+            Op::HostLost(0),
+            Op::HostActivated(0),
+            Op::Submit,
+            Op::Submit,
+            Op::Round,
+            Op::Plan,
+            Op::Finish(0),
+            Op::Round,
+            Op::Start(4562269711296819907),
+            Op::Fail(0),
+            Op::Advance(998),
+            Op::Commit { roundtrip: false },
+        ],
+        seed: 0,
+    };
+    run(&case, None);
+    run(&case, Some(0));
 }
